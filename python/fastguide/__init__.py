@@ -1,0 +1,7 @@
+"""fastguide: fast guided diffusion for PyTorch (ADM models, guidance, EDM, fused kernels)."""
+from ._extension import build_info
+from . import ops
+from . import nn
+
+__version__ = "0.1.0"
+__all__ = ["build_info", "ops", "nn", "__version__"]

@@ -1,0 +1,4 @@
+"""Layers and models."""
+from .norm import GroupNormAct
+
+__all__ = ["GroupNormAct"]

@@ -1,0 +1,34 @@
+"""Shared fixtures. Reference vectors from openai/guided-diffusion live in the folder named by
+FASTGUIDE_REFERENCE (default ../shared/reference, relative to the repository root). Tests that
+need them skip with a reason when it is missing, except under CI=true, where that is a failure."""
+import os
+import pathlib
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def reference_path():
+    return pathlib.Path(os.environ.get("FASTGUIDE_REFERENCE", ROOT.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    path = reference_path()
+    if not (path / "README.txt").exists():
+        msg = f"reference vectors not found at {path} (set FASTGUIDE_REFERENCE)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def cuda_kernels_built():
+    import fastguide
+    return fastguide.build_info()["cuda"]
