@@ -14,4 +14,22 @@ TORCH_LIBRARY(fastguide, m) {
       "group_norm_act_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, int num_groups, "
       "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Fused sampler steps (sampler/sampler.h has the maths and the coefficient rows). x is
+  // [B, C, *spatial]; model_output is [B or 2B, C or 2C, *spatial]: 2B rows are
+  // [conditional; unconditional] for classifier-free guidance with cfg_scale w, 2C channels carry
+  // a learned variance. coef is float32 [B, 8], gathered from the schedule on the device.
+  // prediction: 0 eps, 1 x0, 2 v. grad is the classifier gradient, already times its scale.
+  // Both return (sample, pred_xstart).
+  m.def(
+      "ddpm_step(Tensor x, Tensor model_output, Tensor coef, Tensor? grad, Tensor? noise, "
+      "float cfg_scale, int prediction, bool learned_range, bool clip) -> (Tensor, Tensor)");
+  m.def(
+      "ddim_step(Tensor x, Tensor model_output, Tensor coef, Tensor? grad, Tensor? noise, "
+      "float cfg_scale, int prediction, bool clip) -> (Tensor, Tensor)");
+  // sigma-space ODE steps with per-sample float32 sigmas [B].
+  m.def("euler_step(Tensor x, Tensor denoised, Tensor sigma, Tensor sigma_next) -> Tensor");
+  m.def(
+      "heun_step(Tensor x, Tensor denoised, Tensor x_next, Tensor denoised_next, Tensor sigma, "
+      "Tensor sigma_next) -> Tensor");
 }

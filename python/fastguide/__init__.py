@@ -2,7 +2,10 @@
 from ._extension import build_info
 from . import ops
 from . import nn
+from . import diffusion
+from . import sampling
 from .nn.checkpoint import load_checkpoint, save_model
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "ops", "nn", "load_checkpoint", "save_model", "__version__"]
+__all__ = ["build_info", "ops", "nn", "diffusion", "sampling", "load_checkpoint", "save_model",
+           "__version__"]
