@@ -27,6 +27,13 @@ TORCH_LIBRARY(fastguide, m) {
   m.def(
       "ddim_step(Tensor x, Tensor model_output, Tensor coef, Tensor? grad, Tensor? noise, "
       "float cfg_scale, int prediction, bool clip) -> (Tensor, Tensor)");
+  // Multi-head self-attention softmax(q.k / sqrt(ch)) v on the output of ADM's qkv conv
+  // (attention/attention.h: channel orders and layouts). Returns the output [N, C, L] in qkv's
+  // layout and the log-sum-exp [N, heads, L] of the logits, which the backward reuses.
+  m.def("attention(Tensor qkv, int num_heads, bool new_order) -> (Tensor, Tensor)");
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, int num_heads, "
+      "bool new_order) -> Tensor");
   // sigma-space ODE steps with per-sample float32 sigmas [B].
   m.def("euler_step(Tensor x, Tensor denoised, Tensor sigma, Tensor sigma_next) -> Tensor");
   m.def(

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.attention import attention
 from .blocks import maybe_checkpoint, zero_module
 from .norm import GroupNormAct, check_backend
 
-__all__ = ["qkv_attention", "qkv_attention_reference", "AttentionBlock", "AttentionPool2d",
-           "resolve_heads"]
+__all__ = ["qkv_attention", "qkv_attention_reference", "qkv_attention_sdpa", "ATTENTION_BACKENDS",
+           "AttentionBlock", "AttentionPool2d", "resolve_heads"]
 
 ORDERS = ("legacy", "new")
 
@@ -49,19 +50,32 @@ def qkv_attention_reference(qkv, num_heads, order="legacy"):
     return a.reshape(qkv.shape[0], -1, qkv.shape[2])
 
 
-def qkv_attention(qkv, num_heads, order="legacy", backend="fused"):
-    """Multi-head attention softmax(q^T k / sqrt(ch)) v over L tokens: qkv [N, 3*C, L] -> [N, C, L].
+ATTENTION_BACKENDS = ("fused", "sdpa", "reference")
 
-    Output channels are head-major (head h owns channels h*ch .. (h+1)*ch - 1) for both orders.
-    backend="fused" uses torch's scaled_dot_product_attention (until fastguide's own kernel lands);
-    "reference" the explicit einsum version above.
-    """
-    if check_backend(backend) == "reference":
-        return qkv_attention_reference(qkv, num_heads, order)
+
+def qkv_attention_sdpa(qkv, num_heads, order="legacy"):
+    """torch's scaled_dot_product_attention (whichever of its kernels torch picks)."""
     q, k, v = (t.transpose(-1, -2) for t in _split_qkv(qkv, num_heads, order))  # [N, H, L, ch]
     a = F.scaled_dot_product_attention(q, k, v)
     n, h, length, ch = a.shape
     return a.transpose(1, 2).reshape(n, length, h * ch).transpose(1, 2)
+
+
+def qkv_attention(qkv, num_heads, order="legacy", backend="fused"):
+    """Multi-head attention softmax(q^T k / sqrt(ch)) v over L tokens: qkv [N, 3*C, L] -> [N, C, L].
+
+    Output channels are head-major (head h owns channels h*ch .. (h+1)*ch - 1) for both orders.
+    backend: "fused" (fastguide.ops.attention, which takes the channels-last token layout as it
+    is), "sdpa" (torch's scaled_dot_product_attention) or "reference" (the explicit einsum
+    version above, guided-diffusion's arithmetic).
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return qkv_attention_reference(qkv, num_heads, order)
+    if backend == "sdpa":
+        return qkv_attention_sdpa(qkv, num_heads, order)
+    return attention(qkv, num_heads, order)
 
 
 def resolve_heads(channels, num_heads, num_head_channels):
