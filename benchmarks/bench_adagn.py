@@ -107,8 +107,11 @@ def main(argv=None):
     p.add_argument("--layout", choices=["channels_last", "contiguous", "both"], default=None)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/adagn_<device>.json)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
