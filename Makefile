@@ -9,7 +9,9 @@ TORCH ?= torch==2.13.0
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH ?= torch==2.14.1
 CUDA_ARCHS ?= 80-real;90-real
-SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake -type f 2>/dev/null)
+# The editable install maps packages when it is made: a new package (__init__.py) needs a reinstall.
+SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake -type f 2>/dev/null) \
+	$(shell find python -name __init__.py 2>/dev/null)
 
 .PHONY: test cuda-check bench clean
 

@@ -2,7 +2,8 @@
 # GPU verification on a lent H100/H200, in stages that each fit one device call:
 #   tools/gpu_verify.sh test      build (FASTGUIDE_CUDA=ON, sm_90a) + every CUDA test
 #   tools/gpu_verify.sh sanitize  compute-sanitizer memcheck and racecheck over tools/kernel_smoke.py
-#   tools/gpu_verify.sh bench     AdaGN, attention and model benchmarks (JSON)
+#   tools/gpu_verify.sh bench     AdaGN and attention benchmarks (JSON)
+#   tools/gpu_verify.sh models    the model suite: python -m fastguide.bench --suite gpu (~8 min)
 # Each stage builds first if needed. Logs and JSON go to $OUT (default benchmarks/results).
 # Reference vectors: $FASTGUIDE_REFERENCE (default .carry/reference, carried with the call).
 set -uo pipefail
@@ -23,7 +24,7 @@ build() {
 
 stage_test() {
   echo "== CUDA tests"
-  $PY -m pytest -q -m cuda tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -20
+  $PY -m pytest -q -m "cuda and not slow" tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -20
 }
 
 stage_sanitize() {
@@ -34,15 +35,19 @@ stage_sanitize() {
   done
 }
 
+device_name() { $PY -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())"; }
+
 stage_bench() {
-  local dev
-  dev=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
-  echo "== benchmarks ($dev)"
+  local dev; dev=$(device_name)
+  echo "== kernel benchmarks ($dev)"
   $PY benchmarks/bench_adagn.py --out "$OUT/adagn_$dev.json" | tail -14
   $PY benchmarks/bench_attention.py --out "$OUT/attention_$dev.json" | tail -8
-  if $PY -c "import fastguide.bench" 2>/dev/null; then
-    $PY -m fastguide.bench --suite gpu --out "$OUT/models_$dev.json" | tail -20
-  fi
+}
+
+stage_models() {
+  local dev; dev=$(device_name)
+  echo "== model benchmarks ($dev)"
+  $PY -m fastguide.bench --suite gpu --out "$OUT/models_$dev.json" | tail -20
 }
 
 build
@@ -50,6 +55,7 @@ case "${1:-test}" in
   test) stage_test ;;
   sanitize) stage_sanitize ;;
   bench) stage_bench ;;
-  all) stage_test; stage_sanitize; stage_bench ;;
-  *) echo "usage: $0 test|sanitize|bench|all"; exit 2 ;;
+  models) stage_models ;;
+  all) stage_test; stage_sanitize; stage_bench; stage_models ;;
+  *) echo "usage: $0 test|sanitize|bench|models|all"; exit 2 ;;
 esac
