@@ -44,3 +44,12 @@ _fg_find_torch_lib(_torch_cpu torch_cpu)
 set(TORCH_CPU_LIBS ${_c10} ${_torch} ${_torch_cpu})
 
 message(STATUS "fastguide: torch ${TORCH_VERSION} (CUDA '${TORCH_CUDA_VERSION}'), C++11 ABI ${TORCH_CXX11_ABI}")
+
+# at::parallel_for is header-inline OpenMP: without -fopenmp it silently runs serially. Compile
+# with -fopenmp, but link the libgomp torch ships (never a second OpenMP runtime).
+find_library(TORCH_GOMP NAMES libgomp.so.1 gomp PATHS ${TORCH_LIBRARY_DIRS} NO_DEFAULT_PATH)
+if(TORCH_GOMP)
+  message(STATUS "fastguide: at::parallel_for via torch's OpenMP (${TORCH_GOMP})")
+else()
+  message(STATUS "fastguide: torch ships no libgomp; at::parallel_for in the CPU kernels runs serially")
+endif()

@@ -178,7 +178,7 @@ def test_fused_steps_match_guided_diffusion(reference_steps, prefix):
     def check(got, key):
         want = torch.from_numpy(d[prefix + key]).float()
         for i in range(got.shape[0]):
-            assert rel_err(got[i], want[i]) <= 2e-6 * amplification[i] + 1e-5, (key, i)
+            assert rel_err(got[i], want[i]) <= 5e-6 * amplification[i] + 1e-5, (key, i)
 
     sample, x0 = S.ddpm_step(x, mo, ddpm[t], noise)
     check(sample, "psample_sample")

@@ -36,16 +36,16 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& qkv, int64_t he
   at::Tensor out = empty_in_layout(s, s.C, qkv);
   at::Tensor lse = at::empty({s.N, s.H, s.L}, qkv.options().dtype(acc));
   if (qkv.numel() == 0) return {out, lse};
-  const at::Tensor q = heads_major(part_view(qkv, s, 0), s, acc);
+  const double scale = 1.0 / std::sqrt(double(s.ch));
+  const at::Tensor q = heads_major(part_view(qkv, s, 0), s, acc) * scale;  // scale the small side
   const at::Tensor kt = heads_major(part_view(qkv, s, 1), s, acc).transpose(1, 2);
   const at::Tensor v = heads_major(part_view(qkv, s, 2), s, acc);
   const at::Tensor O = heads_view(out, s);  // [N, H, L, ch], a view in either layout
   const at::Tensor lse3 = lse.view({s.N * s.H, s.L});
-  const double scale = 1.0 / std::sqrt(double(s.ch));
   const int64_t bq = block_rows(s);
   for (int64_t q0 = 0; q0 < s.L; q0 += bq) {
     const int64_t rows = std::min(bq, s.L - q0);
-    at::Tensor S = at::bmm(q.narrow(1, q0, rows), kt).mul_(scale);   // logits [NH, rows, L]
+    at::Tensor S = at::bmm(q.narrow(1, q0, rows), kt);               // logits [NH, rows, L]
     const at::Tensor m = S.amax(2, true);
     S.sub_(m).exp_();                                                   // softmax numerators
     const at::Tensor l = S.sum(2, true);
@@ -64,24 +64,24 @@ at::Tensor backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv, const
   const auto acc = acc_dtype(qkv);
   at::Tensor grad = empty_in_layout(s, 3 * s.C, qkv);
   if (qkv.numel() == 0) return grad;
-  const at::Tensor q = heads_major(part_view(qkv, s, 0), s, acc);
+  const double scale = 1.0 / std::sqrt(double(s.ch));
+  const at::Tensor q = heads_major(part_view(qkv, s, 0), s, acc) * scale;  // q / sqrt(ch)
   const at::Tensor k = heads_major(part_view(qkv, s, 1), s, acc);
   const at::Tensor v = heads_major(part_view(qkv, s, 2), s, acc);
   const at::Tensor go = heads_major(heads_view(grad_out, s), s, acc);
   const at::Tensor o = heads_major(heads_view(out, s), s, acc);
   const at::Tensor lse3 = lse.to(acc).reshape({s.N * s.H, s.L});
   const at::Tensor D = (go * o).sum(2);                                // rowsum(dO * O) [NH, L]
-  const double scale = 1.0 / std::sqrt(double(s.ch));
   at::Tensor dq = at::empty_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   const int64_t bq = block_rows(s);
   for (int64_t q0 = 0; q0 < s.L; q0 += bq) {
     const int64_t rows = std::min(bq, s.L - q0);
     const at::Tensor qb = q.narrow(1, q0, rows), gob = go.narrow(1, q0, rows);
-    at::Tensor P = at::bmm(qb, k.transpose(1, 2)).mul_(scale).sub_(lse3.narrow(1, q0, rows).unsqueeze(2)).exp_();
+    at::Tensor P = at::bmm(qb, k.transpose(1, 2)).sub_(lse3.narrow(1, q0, rows).unsqueeze(2)).exp_();
     dv.baddbmm_(P.transpose(1, 2), gob);
     at::Tensor dS = P.mul_(at::bmm(gob, v.transpose(1, 2)).sub_(D.narrow(1, q0, rows).unsqueeze(2)));  // P*(dP - D)
     dq.narrow(1, q0, rows).copy_(at::bmm(dS, k).mul_(scale));
-    dk.baddbmm_(dS.transpose(1, 2), qb, 1.0, scale);
+    dk.baddbmm_(dS.transpose(1, 2), qb);  // qb already carries the 1/sqrt(ch)
   }
   const auto split = [&](const at::Tensor& t) { return t.view({s.N, s.H, s.L, s.ch}); };
   part_view(grad, s, 0).copy_(split(dq));
