@@ -133,7 +133,7 @@ def sample_ddim(denoiser, x, sigmas, extra_args=None, callback=None, disable=Fal
         denoised = _denoise(denoiser, x, sigma, extra_args)
         _callback(callback, x=x, i=i, sigma=sigma, sigma_hat=sigma, denoised=denoised)
         if eta == 0 or values[i + 1] == 0:
-            x = steps.euler_step(x, denoised, sigma, sigma_next)
+            x = _euler(x, denoised, sigma, sigma_next)
         else:
             sigma_down, sigma_up = steps.ancestral_sigmas(sigma, sigma_next, eta)
             x = steps.ancestral_step(x, denoised, sigma, sigma_down, sigma_up, randn_like(x))
