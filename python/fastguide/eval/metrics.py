@@ -1,0 +1,106 @@
+"""Sample-quality metrics on features from any extractor (rows = images):
+
+    frechet_distance   FID = |μ₁ − μ₂|² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)  (Heusel et al. 2017)
+    precision_recall   k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
+    inception_score    exp E_x KL(p(y|x) ‖ p(y))                   (Salimans et al. 2016)
+    spatial_features   sFID's features: the first channels of an intermediate feature map,
+                       flattened, so the Fréchet distance also sees spatial structure (Nash et
+                       al. 2021, as in ADM's evaluator)
+
+tr((Σ₁Σ₂)^½) is computed as tr((A Σ₂ A)^½) with A = Σ₁^½: A Σ₂ A is symmetric positive
+semi-definite, so both roots come from symmetric eigendecompositions in float64, without the
+complex values and ε-retries that a general sqrtm of the non-symmetric Σ₁Σ₂ needs.
+"""
+import numpy as np
+import torch
+
+__all__ = ["feature_statistics", "frechet_distance", "fid_from_features", "sqrtm_psd",
+           "precision_recall", "inception_score", "spatial_features"]
+
+
+def _as_float64(x):
+    return np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
+
+
+def feature_statistics(features):
+    """(mean, covariance) of [N, D] features, with the unbiased (N − 1) covariance."""
+    f = _as_float64(features)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"features must be [N >= 2, D], got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def sqrtm_psd(a):
+    """The symmetric positive semi-definite square root of a symmetric matrix (negative
+    eigenvalues, from round-off, are clipped to zero)."""
+    a = _as_float64(a)
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (a float)."""
+    mu1, mu2, sigma1, sigma2 = map(_as_float64, (mu1, mu2, sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"shapes differ: means {mu1.shape} vs {mu2.shape}, "
+                         f"covariances {sigma1.shape} vs {sigma2.shape}")
+    root1 = sqrtm_psd(sigma1)
+    middle = root1 @ sigma2 @ root1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def fid_from_features(features1, features2):
+    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+def _kth_neighbour_radii(features, k, chunk):
+    """Distance from each row to its k-th nearest other row."""
+    radii = []
+    for lo in range(0, len(features), chunk):
+        d = torch.cdist(features[lo:lo + chunk], features)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # +1: the row itself is at distance 0
+    return torch.cat(radii)
+
+
+def _covered(queries, anchors, radii, chunk):
+    """For each query: is it inside some anchor's ball?"""
+    out = []
+    for lo in range(0, len(queries), chunk):
+        d = torch.cdist(queries[lo:lo + chunk], anchors)
+        out.append((d <= radii[None, :]).any(dim=1))
+    return torch.cat(out)
+
+
+def precision_recall(real_features, fake_features, k=3, chunk=1024):
+    """(precision, recall): the fraction of fakes inside the real manifold, and of reals inside
+    the fake manifold, each manifold the union of balls reaching every point's k-th neighbour."""
+    real = torch.as_tensor(_as_float64(real_features))
+    fake = torch.as_tensor(_as_float64(fake_features))
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"need more than k={k} real and fake features, got {len(real)}, {len(fake)}")
+    real_radii = _kth_neighbour_radii(real, k, chunk)
+    fake_radii = _kth_neighbour_radii(fake, k, chunk)
+    precision = _covered(fake, real, real_radii, chunk).double().mean().item()
+    recall = _covered(real, fake, fake_radii, chunk).double().mean().item()
+    return precision, recall
+
+
+def inception_score(logits, splits=1):
+    """(mean, std over splits) of exp(E KL(p(y|x) ‖ p(y))), from classifier logits [N, K]."""
+    log_p = torch.log_softmax(torch.as_tensor(_as_float64(logits)), dim=1)
+    scores = []
+    for part in log_p.tensor_split(splits):
+        log_marginal = torch.logsumexp(part, dim=0) - np.log(len(part))
+        kl = (part.exp() * (part - log_marginal)).sum(dim=1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def spatial_features(feature_map, channels=7):
+    """[N, C, H, W] -> [N, channels·H·W]: the first `channels` channels, flattened (ADM's sFID
+    takes 7 channels of Inception's mixed_6/conv map)."""
+    if feature_map.dim() != 4 or feature_map.shape[1] < channels:
+        raise ValueError(f"need an [N, C >= {channels}, H, W] map, got {list(feature_map.shape)}")
+    return feature_map[:, :channels].flatten(1)
