@@ -3,6 +3,7 @@
 #   make cuda-check  CUDA venv (.venv-cuda, torch 2.14.1 + CUDA 13.0), build the CUDA kernels
 #                    for sm_80 and sm_90, import them (no GPU needed)
 #   make bench       the AdaGN benchmark on this machine
+#   make demo        CPU venv + build as for test, then `fastguide demo` (guided digits, < 2 min)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -13,7 +14,7 @@ CUDA_ARCHS ?= 80-real;90-real
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake -type f 2>/dev/null) \
 	$(shell find python -name __init__.py 2>/dev/null)
 
-.PHONY: test cuda-check bench clean
+.PHONY: test demo cuda-check bench clean
 
 test: $(VENV)/.built
 	$(VENV)/bin/python -m pytest -q
@@ -38,6 +39,9 @@ cuda-check:
 		--no-build-isolation . -Cbuild-dir=build/$(notdir $(CUDA_VENV))
 	cd /tmp && $(abspath $(CUDA_VENV))/bin/python -c "import fastguide; i = fastguide.build_info(); \
 		print(i); assert i['cuda'] and i['cuda_archs'] == '$(CUDA_ARCHS)'.split(';'), i"
+
+demo: $(VENV)/.built
+	$(VENV)/bin/python -m fastguide demo
 
 bench: $(VENV)/.built
 	$(VENV)/bin/python benchmarks/bench_adagn.py

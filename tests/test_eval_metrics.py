@@ -1,75 +1,116 @@
-"""Sample-quality metrics against closed forms and an independent matrix square root."""
+"""fastguide.eval metrics against closed forms and hand-computed cases."""
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
+from fastguide.eval import inception as inc
 from fastguide.eval.metrics import (fid_from_features, frechet_distance, inception_score,
                                     precision_recall, spatial_features, sqrtm_psd)
 
 
-def random_spd(d, rng):
+def _random_spd(d, rng):
     a = rng.standard_normal((d, d))
     return a @ a.T + 0.1 * np.eye(d)
 
 
-def test_frechet_distance_closed_form_for_diagonal_gaussians():
-    # Diagonal covariances commute: FD = |mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2.
+def test_frechet_diagonal_closed_form():
+    # Commuting (diagonal) covariances: tr((Σ1Σ2)^½) = Σ √(a_i b_i).
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.5])
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_general_matches_scipy_sqrtm():
     rng = np.random.default_rng(0)
-    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
-    s1, s2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
-    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-10)
-
-
-def test_frechet_distance_matches_scipy_sqrtm_for_general_covariances():
-    rng = np.random.default_rng(1)
-    s1, s2 = random_spd(6, rng), random_spd(6, rng)
+    s1, s2 = _random_spd(6, rng), _random_spd(6, rng)
     mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
-    covmean = scipy.linalg.sqrtm(s1 @ s2).real  # the textbook route, independent of ours
-    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
-    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_singular_covariance_is_stable():
+    # Rank-deficient covariances (fewer samples than dimensions) must not give nan or < 0.
+    rng = np.random.default_rng(1)
+    f1, f2 = rng.standard_normal((5, 20)), rng.standard_normal((5, 20)) + 0.5
+    d = fid_from_features(f1, f2)
+    assert np.isfinite(d) and d > 0
+
+
+def test_fid_from_samples_approaches_closed_form():
+    rng = np.random.default_rng(2)
+    s1, s2 = _random_spd(3, rng), _random_spd(3, rng)
+    x1 = rng.multivariate_normal(np.zeros(3), s1, size=200_000)
+    x2 = rng.multivariate_normal(np.ones(3), s2, size=200_000)
+    exact = frechet_distance(np.zeros(3), s1, np.ones(3), s2)
+    assert fid_from_features(x1, x2) == pytest.approx(exact, rel=0.02)
 
 
 def test_sqrtm_psd_squares_back():
-    a = random_spd(7, np.random.default_rng(2))
-    r = sqrtm_psd(a)
-    assert np.allclose(r @ r, a, atol=1e-10) and np.allclose(r, r.T)
+    s = _random_spd(5, np.random.default_rng(3))
+    r = sqrtm_psd(s)
+    np.testing.assert_allclose(r @ r, s, rtol=1e-10, atol=1e-10)
 
 
-def test_fid_from_samples_approaches_the_gaussian_value():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((20000, 3))
-    y = rng.standard_normal((20000, 3)) * 2 + 1  # N(1, 4 I): FD = 3*1 + 3*(2 - 1)^2 = 6
-    assert fid_from_features(x, y) == pytest.approx(6.0, abs=0.15)
+def test_precision_recall_hand_computed():
+    # Reals 0,1,2,3 on a line, k=1: every real ball has radius 1. Fakes 0.5 and 10: only 0.5 is
+    # inside → precision 1/2. The two fakes' radii are 9.5 each: every real is covered → recall 1.
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fake = np.array([[0.5], [10.0]])
+    assert precision_recall(real, fake, k=1) == (0.5, 1.0)
+    # Swapping the roles swaps the numbers' meaning: fakes 0..3 inside the balls of 0.5 and 10.
+    assert precision_recall(fake, real, k=1) == (1.0, 0.5)
 
 
-def test_precision_recall_on_known_sets():
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(400, 4, generator=g)
-    assert precision_recall(real, real.clone(), k=3) == (1.0, 1.0)
-    far = real + 100.0  # disjoint manifolds
-    assert precision_recall(real, far, k=3) == (0.0, 0.0)
-    # fakes collapsed onto a quarter of the reals: all inside the real manifold (precision 1),
-    # but they cover only part of it (recall well below 1)
-    collapsed = real[real[:, 0] > 0.6]
-    p, r = precision_recall(real, collapsed, k=3)
-    assert p == 1.0 and r < 0.6
+def test_precision_recall_identical_and_disjoint():
+    x = np.random.default_rng(4).standard_normal((50, 4))
+    assert precision_recall(x, x, k=3) == (1.0, 1.0)
+    assert precision_recall(x, x + 100, k=3) == (0.0, 0.0)
 
 
-def test_inception_score_extremes():
+def test_inception_score_limits():
     k = 10
-    assert inception_score(torch.zeros(50, k))[0] == pytest.approx(1.0)  # uninformative
-    confident = torch.full((50, k), -1e4)
-    confident[torch.arange(50), torch.arange(50) % k] = 0.0  # sure and evenly spread
+    uniform = np.zeros((100, k))  # p(y|x) = p(y): IS = 1
+    assert inception_score(uniform)[0] == pytest.approx(1.0)
+    confident = np.full((100, k), -1e4)
+    confident[np.arange(100), np.arange(100) % k] = 0  # one-hot, balanced: IS = K
     assert inception_score(confident)[0] == pytest.approx(k, rel=1e-6)
+    assert inception_score(confident, splits=4)[1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_spatial_features_and_bad_input():
-    f = spatial_features(torch.randn(2, 9, 4, 5))
-    assert f.shape == (2, 7 * 4 * 5)
-    with pytest.raises(ValueError, match="need an"):
-        spatial_features(torch.randn(2, 3, 4, 5))
-    with pytest.raises(ValueError, match="features must be"):
-        fid_from_features(np.zeros((1, 3)), np.zeros((5, 3)))
+def test_spatial_features_takes_first_channels():
+    fmap = torch.arange(2 * 9 * 3 * 3, dtype=torch.float32).reshape(2, 9, 3, 3)
+    f = spatial_features(fmap, channels=7)
+    assert f.shape == (2, 63)
+    torch.testing.assert_close(f[1], fmap[1, :7].reshape(-1))
+    with pytest.raises(ValueError):
+        spatial_features(fmap, channels=10)
+
+
+def test_inception_random_weights_shapes_and_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    net = inc.InceptionV3FID()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = net(x)
+    assert out["pool"].shape == (2, 2048)
+    assert out["logits"].shape == (2, 1008)
+    assert out["spatial"].shape == (2, 7 * 17 * 17)
+    # torchvision inception_v3 without AuxLogits has 23,834,568 parameters with a 1000-way fc;
+    # FID's 1008-way fc adds 8 · 2049.
+    assert sum(p.numel() for p in net.parameters()) == 23_834_568 + 8 * 2049
+    path = tmp_path / "w.pth"
+    torch.save(net.state_dict(), path)
+    with torch.no_grad():
+        again = inc.load_inception(path)(x)
+    torch.testing.assert_close(again["pool"], out["pool"])
+
+
+def test_inception_missing_weights_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        inc.load_inception(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        inc.InceptionV3FID.from_weights(None)

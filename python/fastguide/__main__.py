@@ -1,0 +1,7 @@
+"""python -m fastguide ...: the same as the `fastguide` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
