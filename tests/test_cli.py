@@ -1,7 +1,6 @@
 """The fastguide command: sample (format, batch-size and rank independence, upsampler),
 convert, and clear errors for bad arguments."""
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -194,3 +193,20 @@ def test_sample_guided_diffusion_checkpoints_matches_reference(reference_dir, re
     # The float samples agree to 1e-3 (test_sampling_reference); a value within that of a
     # rounding edge may land on the neighbouring integer.
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+def test_non_finite_samples_are_an_error_not_black_images(tmp_path, monkeypatch, capsys):
+    from fastguide.eval import generate as gen
+
+    real_call = gen.GuidedSampler.__call__
+
+    def diverging(self, seeds, labels, device="cpu", **kw):
+        x = real_call(self, seeds, labels, device, **kw)
+        x[seeds.index(2)] = float("nan")  # as a diverged sampler would
+        return x
+
+    monkeypatch.setattr(gen.GuidedSampler, "__call__", diverging)
+    code, err = _run(["sample", "--model", "digits_unet", "--steps", "2", "--seeds", "0-3",
+                      "--out", str(tmp_path)], capsys)
+    assert code == 2 and "NaN or inf for seeds [2]" in err
+    assert not list(tmp_path.glob("*.npz"))

@@ -114,3 +114,20 @@ def test_inception_missing_weights_clear_error(tmp_path):
         inc.load_inception(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         inc.InceptionV3FID.from_weights(None)
+
+
+def test_bad_features_name_the_argument():
+    rng = np.random.default_rng(5)
+    good = rng.standard_normal((20, 4))
+    bad = good.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="features has 1 row"):
+        fid_from_features(good, bad)
+    with pytest.raises(ValueError, match="fake_features has 1 row"):
+        precision_recall(good, bad)
+    with pytest.raises(ValueError, match="differ in width"):
+        precision_recall(good, good[:, :3])
+    with pytest.raises(ValueError, match=r"real_features must be \[N >= 4, D\]"):
+        precision_recall(good[:3], good)
+    with pytest.raises(ValueError, match="logits"):
+        inception_score(np.full((5, 3), np.inf))

@@ -216,6 +216,12 @@ def generate(sampler, seeds, labels, batch_size=64, device="cpu", upsampler=None
             # ADM-U: the super-res model conditioned on the guided low-resolution samples; its
             # noise comes from the same seeds, offset so that it differs from the base's.
             x = upsampler([s + (1 << 31) for s in batch_seeds], batch_labels, device, low_res=x)
+        finite = torch.isfinite(x).flatten(1).all(dim=1).cpu()
+        if not bool(finite.all()):  # uint8 conversion would hide a diverged sample
+            bad = [s for s, ok in zip(batch_seeds, finite.tolist()) if not ok]
+            raise CLIError(f"sampling gave NaN or inf for seeds {bad[:10]}"
+                           f"{' ...' if len(bad) > 10 else ''}; try --dtype float32, a lower "
+                           f"guidance scale or more steps")
         parts.append((idx, float_to_uint8(x.cpu()).numpy()))
     if torch.distributed.is_initialized():
         gathered = [None] * dist_util.world_size() if dist_util.is_main() else None

@@ -22,11 +22,21 @@ def _as_float64(x):
     return np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
 
 
+def _features(x, name, min_rows=2):
+    """x as float64 [N, D], checked: a NaN or inf (a diverged sampler) would otherwise surface
+    as a LinAlgError or a silently wrong score."""
+    f = _as_float64(x)
+    if f.ndim != 2 or len(f) < min_rows:
+        raise ValueError(f"{name} must be [N >= {min_rows}, D], got shape {f.shape}")
+    if not np.isfinite(f).all():
+        bad = int((~np.isfinite(f)).any(axis=1).sum())
+        raise ValueError(f"{name} has {bad} row(s) with NaN or inf")
+    return f
+
+
 def feature_statistics(features):
     """(mean, covariance) of [N, D] features, with the unbiased (N − 1) covariance."""
-    f = _as_float64(features)
-    if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"features must be [N >= 2, D], got shape {f.shape}")
+    f = _features(features, "features")
     return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
@@ -76,10 +86,11 @@ def _covered(queries, anchors, radii, chunk):
 def precision_recall(real_features, fake_features, k=3, chunk=1024):
     """(precision, recall): the fraction of fakes inside the real manifold, and of reals inside
     the fake manifold, each manifold the union of balls reaching every point's k-th neighbour."""
-    real = torch.as_tensor(_as_float64(real_features))
-    fake = torch.as_tensor(_as_float64(fake_features))
-    if min(len(real), len(fake)) <= k:
-        raise ValueError(f"need more than k={k} real and fake features, got {len(real)}, {len(fake)}")
+    real = torch.as_tensor(_features(real_features, "real_features", k + 1))
+    fake = torch.as_tensor(_features(fake_features, "fake_features", k + 1))
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real_features and fake_features differ in width: {real.shape[1]} "
+                         f"vs {fake.shape[1]}")
     real_radii = _kth_neighbour_radii(real, k, chunk)
     fake_radii = _kth_neighbour_radii(fake, k, chunk)
     precision = _covered(fake, real, real_radii, chunk).double().mean().item()
@@ -89,7 +100,7 @@ def precision_recall(real_features, fake_features, k=3, chunk=1024):
 
 def inception_score(logits, splits=1):
     """(mean, std over splits) of exp(E KL(p(y|x) ‖ p(y))), from classifier logits [N, K]."""
-    log_p = torch.log_softmax(torch.as_tensor(_as_float64(logits)), dim=1)
+    log_p = torch.log_softmax(torch.as_tensor(_features(logits, "logits", splits)), dim=1)
     scores = []
     for part in log_p.tensor_split(splits):
         log_marginal = torch.logsumexp(part, dim=0) - np.log(len(part))
