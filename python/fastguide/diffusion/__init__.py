@@ -1,11 +1,12 @@
 """Diffusion processes: the discrete Gaussian process of DDPM/ADM (schedules, respacing,
-posterior, losses), the continuous log-SNR process of classifier-free guidance, and EDM's
+posterior, losses, the likelihood bound), the continuous log-SNR process of classifier-free guidance, and EDM's
 σ-parameterisation (schedules, preconditioning, the ADM-to-denoiser wrapper, losses)."""
 from .schedules import linear_betas, cosine_betas, betas_for_alpha_bar, named_betas
 from .respace import space_timesteps, spaced_betas
 from .gaussian import GaussianDiffusion, ModelMeanType, ModelVarType, LossType
 from .losses import (mean_flat, normal_kl, approx_standard_normal_cdf,
                      discretized_gaussian_log_likelihood, vb_terms_bpd, training_losses)
+from .likelihood import prior_bpd, calc_bpd_loop
 from .timestep_sampler import (UniformSampler, LossSecondMomentResampler,
                                create_named_schedule_sampler)
 from .log_snr import LogSNRProcess, alpha_sigma, sigma_from_log_snr, log_snr_from_sigma
@@ -19,7 +20,7 @@ __all__ = [
     "space_timesteps", "spaced_betas",
     "GaussianDiffusion", "ModelMeanType", "ModelVarType", "LossType",
     "mean_flat", "normal_kl", "approx_standard_normal_cdf", "discretized_gaussian_log_likelihood",
-    "vb_terms_bpd", "training_losses",
+    "vb_terms_bpd", "training_losses", "prior_bpd", "calc_bpd_loop",
     "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler",
     "LogSNRProcess", "alpha_sigma", "sigma_from_log_snr", "log_snr_from_sigma",
     "edm_sigmas", "EDMPrecond", "VPPrecond", "VEPrecond", "EDMLoss", "VPLoss", "VELoss",

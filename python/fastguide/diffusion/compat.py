@@ -1,6 +1,6 @@
 """guided-diffusion's interface: create_gaussian_diffusion and a diffusion object with the same
 methods (q_sample, p_mean_variance, condition_mean, condition_score, p_sample, ddim_sample, the
-sampling loops and training_losses), so ADM scripts run unchanged on fastguide.
+sampling loops, training_losses and calc_bpd_loop), so ADM scripts run unchanged on fastguide.
 
 As in ADM, the object is always a respaced process (SpacedDiffusion): t passed to its methods
 are indices into the kept steps, and the model and cond_fn receive the original timesteps.
@@ -8,6 +8,7 @@ Extensions: the sampling methods accept randn_like= (e.g. StackedRandomGenerator
 and fused= (the fused step kernels, on by default where they apply); the loops also take
 cuda_graph=True (see fastguide.sampling.discrete).
 """
+from . import likelihood
 from .gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
 from .respace import space_timesteps
 from .schedules import named_betas
@@ -65,6 +66,13 @@ class SpacedDiffusion(GaussianDiffusion):
         return _sampling().ddim_sample_loop_progressive(self, model, shape, noise, clip_denoised,
                                                         denoised_fn, cond_fn, model_kwargs,
                                                         device, progress, eta, randn_like, **options)
+
+    def calc_bpd_loop(self, model, x_start, clip_denoised=True, model_kwargs=None, **options):
+        return likelihood.calc_bpd_loop(self, model, x_start, clip_denoised, model_kwargs,
+                                        **options)
+
+    def _prior_bpd(self, x_start):
+        return likelihood.prior_bpd(self, x_start)
 
     @property
     def use_timesteps(self):
