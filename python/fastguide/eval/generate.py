@@ -33,6 +33,7 @@ __all__ = ["parse_int_ranges", "load_model", "GuidedSampler", "generate", "save_
            "add_arguments", "SAMPLERS"]
 
 SAMPLERS = ("ddim", "ddpm", "heun", "euler")
+EDM_DEFAULTS = {"rho": 7.0, "S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0}
 
 
 def parse_int_ranges(text, what="seeds"):
@@ -96,7 +97,7 @@ class GuidedSampler:
 
     def __init__(self, model, diffusion_info, sampler="ddim", steps=50, cfg_scale=0.0,
                  classifier=None, classifier_scale=0.0, unconditional=False, eta=0.0,
-                 clip_denoised=True, low_res_model=None):
+                 clip_denoised=True, edm=None):
         if sampler not in SAMPLERS:
             raise CLIError(f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
         if steps < 1 or steps > diffusion_info["steps"]:
@@ -107,6 +108,8 @@ class GuidedSampler:
         if classifier_scale and classifier is None:
             raise CLIError("--classifier-scale needs --classifier")
         self.model, self.sampler, self.steps, self.eta = model, sampler, steps, eta
+        # heun / euler: EDM's ρ and churn (S_churn, S_min, S_max, S_noise), eq. 5 and Alg. 2
+        self.edm = dict(EDM_DEFAULTS, **(edm or {}))
         self.classifier, self.clip_denoised = classifier, clip_denoised
         self.conditional = getattr(model, "num_classes", None) is not None
         self.num_classes = (model.num_classes if self.conditional
@@ -160,13 +163,15 @@ class GuidedSampler:
                                                 self.classifier_scale)
         # EDM's σ_max = 80 caps the cosine schedule's (σ ≈ 10⁴ at t = T); rounding to the
         # network's σ table can merge neighbouring levels, so repeats are dropped.
-        sigmas = edm_sigmas(self.steps, adm.sigma_min, min(adm.sigma_max, 80.0), device=device,
-                            round_sigma=adm.round_sigma)
+        churn = {k: v for k, v in self.edm.items() if k != "rho"}
+        sigmas = edm_sigmas(self.steps, adm.sigma_min, min(adm.sigma_max, 80.0),
+                            rho=self.edm["rho"], device=device, round_sigma=adm.round_sigma)
         sigmas = torch.unique_consecutive(sigmas)
         x = rng.randn(shape, device=device) * sigmas[0].to(torch.float32)
         fn = sample_heun if self.sampler == "heun" else sample_euler
-        with torch.no_grad():
-            out = fn(denoiser, x, sigmas, extra_args=kwargs, disable=True)
+        with torch.no_grad():  # churn noise from the per-seed generators: batch-independent
+            out = fn(denoiser, x, sigmas, extra_args=kwargs, disable=True,
+                     randn_like=rng.randn_like, **churn)
         return out.clamp(-1, 1) if self.clip_denoised else out
 
 
@@ -289,6 +294,12 @@ def add_arguments(p):
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η")
+    g = p.add_argument_group("heun / euler (EDM, Karras et al. 2022)")
+    g.add_argument("--rho", type=float, default=7.0, help="σ schedule exponent ρ")
+    g.add_argument("--churn", type=float, default=0.0, help="S_churn (0: deterministic)")
+    g.add_argument("--s-min", type=float, default=0.0, help="S_tmin: churn only for σ >= this")
+    g.add_argument("--s-max", type=float, default=float("inf"), help="S_tmax")
+    g.add_argument("--s-noise", type=float, default=1.0, help="S_noise")
     p.add_argument("--cfg-scale", type=float, default=0.0,
                    help="classifier-free guidance w: (1+w)·ε(c) − w·ε(∅)")
     p.add_argument("--classifier", help="noisy classifier checkpoint or shipped model name")
@@ -339,8 +350,10 @@ def main(args):
     if args.classifier:
         classifier, _ = load_model(args.classifier, device, **_overrides(args, "classifier_"))
     d = diffusion_settings(model, info, args.noise_schedule, args.diffusion_steps)
+    edm = {"rho": args.rho, "S_churn": args.churn, "S_min": args.s_min, "S_max": args.s_max,
+           "S_noise": args.s_noise}
     sampler = GuidedSampler(model, d, args.sampler, args.steps, args.cfg_scale, classifier,
-                            args.classifier_scale, args.unconditional, args.eta)
+                            args.classifier_scale, args.unconditional, args.eta, edm=edm)
     upsampler = None
     if args.upsampler:
         sr_model, sr_info = load_model(args.upsampler, device, **_overrides(args, "upsample_"))
