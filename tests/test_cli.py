@@ -104,8 +104,8 @@ def test_classifier_guided_sample_batch_independent(tmp_path, capsys):
 def test_torchrun_shards_equal_single_process(tmp_path, capsys):
     single, _, _ = _sample(tmp_path, "one", "--seeds", "0-9", "--batch-size", "3", capsys=capsys)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29517", "-m", "fastguide", "sample", "--model",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "fastguide", "sample", "--model",
                         "digits_unet", "--steps", "5", "--seeds", "0-9", "--batch-size", "3",
                         "--out", str(tmp_path / "two")], env=env, capture_output=True,
                        text=True, timeout=180)
@@ -219,3 +219,41 @@ def test_non_finite_samples_are_an_error_not_black_images(tmp_path, monkeypatch,
                       "--out", str(tmp_path)], capsys)
     assert code == 2 and "NaN or inf for seeds [2]" in err
     assert not list(tmp_path.glob("*.npz"))
+
+
+def test_killed_sample_run_resumes_from_finished_batches(tmp_path, monkeypatch, capsys):
+    from fastguide.eval import generate as gen
+
+    real_call, calls = gen.GuidedSampler.__call__, []
+
+    def counted(self, seeds, labels, device="cpu", **kw):
+        calls.append(list(seeds))
+        if fail_at and len(calls) == fail_at:
+            raise RuntimeError("killed")  # as a crash or a lost node would end the run
+        return real_call(self, seeds, labels, device, **kw)
+
+    monkeypatch.setattr(gen.GuidedSampler, "__call__", counted)
+    argv = ["sample", "--model", "digits_unet", "--steps", "3", "--seeds", "0-5",
+            "--batch-size", "2", "--cfg-scale", "1", "--out", str(tmp_path / "run")]
+    fail_at = 3
+    with pytest.raises(RuntimeError, match="killed"):
+        main(argv)
+    assert len(list((tmp_path / "run" / ".partial").rglob("*.npz"))) == 2
+    calls.clear()
+    fail_at = 0
+    assert main(argv) == 0
+    assert calls == [[4, 5]]  # only the batch that never finished is sampled again
+    assert not (tmp_path / "run" / ".partial").exists()
+    # The resumed output equals an uninterrupted run; a changed option reuses nothing.
+    fresh, _, _ = _sample(tmp_path, "fresh", "--seeds", "0-5", "--batch-size", "2",
+                          "--cfg-scale", "1", "--steps", "3", "--no-resume", capsys=capsys)
+    with np.load(tmp_path / "run" / "samples_6x8x8x1.npz") as f:
+        np.testing.assert_array_equal(f["arr_0"], fresh)
+    calls.clear()
+    fail_at = 3  # leaves two finished batches of the cfg-scale 1 run
+    with pytest.raises(RuntimeError):
+        main(argv)
+    calls.clear()
+    fail_at = 0
+    assert main([*argv[:-2], "--cfg-scale", "2", "--out", str(tmp_path / "run")]) == 0
+    assert len(calls) == 3

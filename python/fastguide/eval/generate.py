@@ -28,6 +28,7 @@ from ..sampling import (ADMClassifierGrad, ClassifierFreeGuidance, ClassifierGui
                         p_sample_loop, rank_batches, sample_euler, sample_heun, without_labels)
 from ..train import distributed as dist_util
 from ..train.data import float_to_uint8
+from .batch_cache import BatchCache, settings_key
 
 __all__ = ["parse_int_ranges", "load_model", "GuidedSampler", "generate", "save_grid", "main",
            "add_arguments", "SAMPLERS"]
@@ -202,13 +203,14 @@ def labels_for(seeds, num_classes, class_labels=None):
 
 
 def generate(sampler, seeds, labels, batch_size=64, device="cpu", upsampler=None,
-             progress=False):
+             progress=False, cache=None):
     """(uint8 NHWC images, labels) for every seed, in seed order. Under torch.distributed each
     rank samples its share (rank_batches) and rank 0 gets the gathered result; the other ranks
-    get (None, None), so no rank but 0 holds the whole set in memory."""
+    get (None, None), so no rank but 0 holds the whole set in memory. cache (a BatchCache)
+    keeps finished batches on disk and skips those an earlier run finished."""
     positions = torch.arange(len(seeds))
     mine = rank_batches(positions, batch_size, dist_util.rank(), dist_util.world_size())
-    parts = []
+    parts, reused = [], 0
     bar = tqdm(mine, desc="sample", unit="batch", disable=not (progress and dist_util.is_main()))
     for batch in bar:
         idx = batch.tolist()
@@ -216,6 +218,12 @@ def generate(sampler, seeds, labels, batch_size=64, device="cpu", upsampler=None
             continue
         batch_seeds = [seeds[i] for i in idx]
         batch_labels = None if labels is None else [labels[i] for i in idx]
+        done = cache.load(batch_seeds, batch_labels) if cache is not None else None
+        if done is not None:
+            parts.append((idx, done))
+            reused += 1
+            bar.set_postfix(reused=reused)
+            continue
         x = sampler(batch_seeds, batch_labels, device)
         if upsampler is not None:
             # ADM-U: the super-res model conditioned on the guided low-resolution samples; its
@@ -228,6 +236,8 @@ def generate(sampler, seeds, labels, batch_size=64, device="cpu", upsampler=None
                            f"{' ...' if len(bad) > 10 else ''}; try --dtype float32, a lower "
                            f"guidance scale or more steps")
         parts.append((idx, float_to_uint8(x.cpu()).numpy()))
+        if cache is not None:
+            cache.save(batch_seeds, batch_labels, parts[-1][1])
     if torch.distributed.is_initialized():
         gathered = [None] * dist_util.world_size() if dist_util.is_main() else None
         torch.distributed.gather_object(parts, gathered, dst=0)
@@ -320,6 +330,9 @@ def add_arguments(p):
     p.add_argument("--per-seed-png", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (rank 0 shows one)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="do not keep finished batches in OUT/.partial (kept by default until the "
+                        "outputs are written, so that rerunning a killed run resumes it)")
 
 
 def _add_shape_arguments(p, prefix, what):
@@ -331,6 +344,15 @@ def _add_shape_arguments(p, prefix, what):
 
 
 _SHAPE_FIELDS = ("image_size", "num_heads", "num_head_channels")
+
+
+# Options that do not change a batch's images (the batch key holds its seeds and labels).
+_NOT_IN_KEY = {"seeds", "class_labels", "out", "batch_size", "grid", "per_seed_png",
+               "no_progress", "no_resume", "device", "func", "command"}
+
+
+def _settings_key(args):
+    return settings_key({k: v for k, v in vars(args).items() if k not in _NOT_IN_KEY})
 
 
 def _overrides(args, prefix=""):
@@ -360,11 +382,14 @@ def main(args):
         sr_d = diffusion_settings(sr_model, sr_info, args.noise_schedule, args.diffusion_steps)
         upsampler = GuidedSampler(sr_model, sr_d, args.upsample_sampler, args.upsample_steps)
     labels = labels_for(seeds, sampler.num_classes, class_labels)
+    cache = None if args.no_resume else BatchCache(args.out, _settings_key(args))
     start = time.perf_counter()
     images, labels = generate(sampler, seeds, labels, args.batch_size, device, upsampler,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, cache=cache)
     if dist_util.is_main():
         written = write_outputs(images, labels, seeds, args.out, args.grid, args.per_seed_png)
+        if cache is not None:
+            cache.clear()
         print(f"{len(seeds)} images in {time.perf_counter() - start:.1f} s on "
               f"{dist_util.world_size()} rank(s): " + ", ".join(map(str, written)))
     dist_util.cleanup()
