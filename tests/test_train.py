@@ -288,3 +288,48 @@ def test_super_resolution_training_conditions_on_area_resized_x0(tmp_path):
     with pytest.raises(ValueError, match="low_res_size"):
         Trainer(digits_unet(), digits_dataset(), DIFFUSION,
                 TrainOptions(run_dir=str(tmp_path), precision="fp32", low_res_size=4))
+
+
+STOPPABLE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_train import _trainer
+    steps = int(sys.argv[2])
+    t = _trainer(sys.argv[1], steps=steps, batch_size=8, log_every=1, save_every=10_000,
+                 lr=1e-3, resume=True)
+    t.run()
+    print(t.step, t.stopped_by)
+""")
+
+
+def test_sigterm_checkpoints_after_the_step_in_flight_and_resumes(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "stoppable.py"
+    script.write_text(STOPPABLE.format(tests=str(ROOT / "tests")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    log = tmp_path / "a" / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "a"), "100000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    step, stopped_by = out.split()
+    assert stopped_by == "SIGTERM" and int(step) >= 2
+    saved = load_training_state(tmp_path / "a" / "checkpoint.pt")
+    assert saved["step"] == int(step)  # no periodic save was due: this is the stop's checkpoint
+    # Resuming two more steps equals an uninterrupted run of the same length.
+    target = str(int(step) + 2)
+    for run_dir in ("a", "b"):
+        r = subprocess.run([sys.executable, str(script), str(tmp_path / run_dir), target],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.split() == [target, "None"], r.stderr
+    a = load_training_state(tmp_path / "a" / "checkpoint.pt")
+    b = load_training_state(tmp_path / "b" / "checkpoint.pt")
+    for key in ("model", "ema", "optimizer"):
+        _state_equal(a[key], b[key])

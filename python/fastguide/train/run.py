@@ -108,6 +108,10 @@ def main(args):
                                                    if k in ("loss", "mse", "accuracy")))
         print(f"cpu time {trainer.cpu_seconds:.0f} s; models in {args.run_dir}")
     dist_util.cleanup()
+    if trainer.stopped_by:
+        print(f"stopped by {trainer.stopped_by} after step {trainer.step}, checkpoint written; "
+              f"continue with the same command plus --resume", file=sys.stderr)
+        raise SystemExit(130)
     return trainer
 
 

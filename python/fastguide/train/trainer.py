@@ -26,6 +26,7 @@ from ..nn.checkpoint import save_model
 from . import distributed as dist_util
 from .checkpoint import CHECKPOINT_NAME, load_training_state, save_atomic
 from .ema import EMA
+from .stop import StopRequests
 
 __all__ = ["TrainOptions", "Trainer"]
 
@@ -258,22 +259,29 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
 
     def run(self):
+        """Train to opts.steps, or until SIGINT/SIGTERM (then checkpoint and set
+        self.stopped_by to the signal's name). Returns the last logged row."""
         o = self.opts
         self.run_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=o.steps, initial=self.step, disable=not (o.progress and dist_util.is_main()),
                    desc=f"train {o.task}")
         self.model.train()
-        last_row = None
-        while self.step < o.steps:
-            start = time.process_time()
-            self.train_step()
-            self.cpu_seconds += time.process_time() - start
-            bar.update(1)
-            if self.step % o.log_every == 0 or self.step == o.steps:
-                last_row = self.flush_log()
-                bar.set_postfix(loss=f"{last_row['loss']:.4f}")
-            if self.step % o.save_every == 0 or self.step == o.steps:
-                self.save()
+        last_row, self.stopped_by = None, None
+        with StopRequests(self.device) as stop:
+            while self.step < o.steps:
+                start = time.process_time()
+                self.train_step()
+                self.cpu_seconds += time.process_time() - start
+                bar.update(1)
+                stopping = stop.requested()
+                if self.step % o.log_every == 0 or self.step == o.steps or stopping:
+                    last_row = self.flush_log()
+                    bar.set_postfix(loss=f"{last_row['loss']:.4f}")
+                if self.step % o.save_every == 0 or self.step == o.steps or stopping:
+                    self.save()
+                if stopping:
+                    self.stopped_by = stop.signal or "another rank"
+                    break
         bar.close()
         self.model.eval()
         return last_row
