@@ -179,32 +179,32 @@ class Trainer:
 
     def record(self, t, terms):
         """Accumulate means of each term, and of each term per timestep quartile (q0 = least
-        noise), like guided-diffusion's log_loss_dict."""
+        noise), like guided-diffusion's log_loss_dict. The sums stay on the device (no host
+        sync per step): per term a [2, 5] tensor of (sum, count) for quartiles 0-3 and all."""
+        quartile = None
+        if t is not None and (self.opts.task == "diffusion" or self.opts.noised):
+            quartile = (t * 4 // self.diffusion.num_timesteps).clamp(max=3)
         for name, values in terms.items():
-            values = values.detach().float().cpu()
-            self._add(name, values)
-            if t is not None and (self.opts.task == "diffusion" or self.opts.noised):
-                quartile = (t.cpu() * 4 // self.diffusion.num_timesteps).clamp(max=3)
-                for q in range(4):
-                    if bool((quartile == q).any()):
-                        self._add(f"{name}_q{q}", values[quartile == q])
-
-    def _add(self, name, values):
-        total, count = self.log_window.get(name, (0.0, 0))
-        self.log_window[name] = (total + float(values.sum()), count + values.numel())
+            values = values.detach().double().reshape(-1)
+            acc = self.log_window.setdefault(name, values.new_zeros(2, 5))
+            acc[0, 4] += values.sum()
+            acc[1, 4] += values.numel()
+            if quartile is not None:
+                acc[0, :4].index_add_(0, quartile, values)
+                acc[1, :4].index_add_(0, quartile, torch.ones_like(values))
 
     def flush_log(self):
         """One row of means over the window and over every rank's share of the batch."""
-        window = self.log_window
-        if self.world > 1:
-            gathered = [None] * self.world
-            torch.distributed.all_gather_object(gathered, window)
-            window = {}
-            for part in gathered:
-                for name, (total, count) in part.items():
-                    t0, c0 = window.get(name, (0.0, 0))
-                    window[name] = (t0 + total, c0 + count)
-        row = {k: total / count for k, (total, count) in sorted(window.items())}
+        names = sorted(self.log_window)  # the same terms on every rank
+        row = {}
+        if names:
+            sums = torch.stack([self.log_window[n] for n in names])
+            if self.world > 1:
+                torch.distributed.all_reduce(sums)
+            for name, (total, count) in zip(names, sums.cpu().tolist()):
+                row[name] = total[4] / count[4]
+                row.update({f"{name}_q{q}": total[q] / count[q] for q in range(4) if count[q]})
+        row = dict(sorted(row.items()))
         row.update(step=self.step, lr=self.opts.lr)
         if self.scaler:
             row["loss_scale"] = float(self.scaler.get_scale())
