@@ -17,7 +17,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake -type f 2>/dev/
 .PHONY: test demo cuda-check bench clean
 
 test: $(VENV)/.built
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -rs
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ cuda-check:
 		print(i); assert i['cuda'] and i['cuda_archs'] == '$(CUDA_ARCHS)'.split(';'), i"
 
 demo: $(VENV)/.built
-	$(VENV)/bin/python -m fastguide demo
+	$(VENV)/bin/python -m fastguide demo --overwrite
 
 bench: $(VENV)/.built
 	$(VENV)/bin/python benchmarks/bench_adagn.py

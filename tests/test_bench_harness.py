@@ -15,13 +15,16 @@ from fastguide.bench.models import build
 from fastguide.bench.results import REQUIRED, SECTIONS, validate
 from fastguide.bench.run import Budget
 from fastguide.bench.suites import SUITES
+from fastguide.cliutil import CLIError
 from fastguide.nn import AttentionBlock, AttentionPool2d, GroupNormAct
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "tiny.json"
-    returned = run_command(["--suite", "tiny", "--out", str(path), "--quiet"])
+    # A budget that cannot run out, however loaded the machine: every cell must be measured.
+    returned = run_command(["--suite", "tiny", "--out", str(path), "--quiet",
+                            "--time-budget", "1e9"])
     data = json.loads(path.read_text())
     assert data == json.loads(json.dumps(returned))  # the file holds what main returned
     return data
@@ -120,8 +123,10 @@ def test_validate_reports_missing_fields_and_bad_values(result):
 def test_backend_and_model_options_and_merge(tmp_path):
     out = str(tmp_path / "r.json")
     options = ["--suite", "tiny", "--sections", "forward", "--models", "tiny_classifier",
-               "--batches", "3", "--out", out, "--quiet"]
+               "--batches", "3", "--out", out, "--quiet", "--time-budget", "1e9"]
     data = run_command(options + ["--backends", "fused_bf16"])
+    with pytest.raises(CLIError, match="already exists"):  # never replaced without a flag
+        run_command(options + ["--backends", "fused_bf16"])
     assert data["train"] == [] and data["sampling"] == []
     rows = {r["backend"]: r for r in data["forward"]}
     assert set(rows) == set(BACKENDS) and rows["fused_bf16"]["batch"] == 3
@@ -141,7 +146,8 @@ def test_backend_and_model_options_and_merge(tmp_path):
 
 def test_main_returns_an_exit_status_and_prints_the_table(capsys):
     # main(argv) is what `python -m fastguide.bench` and a `fastguide bench` command call.
-    options = ["--suite", "tiny", "--sections", "train", "--backends", "fused_bf16", "--out", "-"]
+    options = ["--suite", "tiny", "--sections", "train", "--backends", "fused_bf16", "--out", "-",
+               "--time-budget", "1e9"]
     assert main(options + ["--quiet"]) == 0
     capsys.readouterr()
     assert main(options) == 0
@@ -165,16 +171,50 @@ def test_prepare_sets_every_switch():
     assert {m.backend for m in model.modules() if isinstance(m, GroupNormAct)} == {"fused"}
 
 
+class FakeClock:
+    """An injected clock: the budget's decisions depend on it alone, not on the machine."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
 def test_budget_reason():
-    assert Budget(100).reason() is None
-    assert Budget(100).reason(needed_s=200).startswith("time budget: ~200 s needed")
-    assert Budget(0).reason().startswith("time budget: 0 s of 0 s left")
+    clock = FakeClock()
+    budget = Budget(100, clock=clock)
+    assert budget.reason() is None and budget.remaining() == 100
+    assert budget.reason(needed_s=200).startswith("time budget: ~200 s needed, 100 s of 100 s")
+    clock.now += 60
+    assert budget.remaining() == 40 and budget.reason(needed_s=30) is None
+    assert budget.reason(needed_s=50).startswith("time budget: ~50 s needed, 40 s of 100 s left")
+    clock.now += 100
+    assert budget.reason().startswith("time budget: 0 s of 100 s left")
+
+
+def test_a_spent_budget_skips_every_remaining_cell_with_its_reason(monkeypatch):
+    # The run's clock is past the budget before the first cell: every cell is skipped.
+    from fastguide.bench import run as run_module
+    clock = FakeClock()
+
+    def spent_budget(seconds):
+        budget = Budget(seconds, clock=clock)
+        clock.now += seconds + 1
+        return budget
+    monkeypatch.setattr(run_module, "Budget", spent_budget)
+    data = run_command(["--suite", "tiny", "--sections", "forward,train", "--out", "-",
+                        "--quiet", "--time-budget", "30"])
+    rows = data["forward"] + data["train"]
+    assert rows and all(r["status"] == "skipped" for r in rows)
+    assert {r["reason"] for r in rows if r["backend"] == "fused_bf16"} == {
+        "time budget: 0 s of 30 s left"}
 
 
 def test_isolated_cells_report_rows_or_the_time_budget():
     rows = forward_rows_isolated("tiny_classifier", [1], BACKENDS["fused_bf16"],
                                  torch.device("cpu"), torch.float32,
-                                 dict(warmup=0, target_s=0.0, min_reps=1, max_reps=1), 60)
+                                 dict(warmup=0, target_s=0.0, min_reps=1, max_reps=1), 3600)
     assert [r["status"] for r in rows] == ["ok"] and rows[0]["reps"] == 1
     # A 512x512 UNet at batch 32 cannot build and run on a CPU in 1 s: both cells are skipped.
     rows = forward_rows_isolated("imagenet512_cond", [32, 8], BACKENDS["fused_bf16"],

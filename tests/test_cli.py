@@ -10,7 +10,7 @@ import torch
 
 import fastguide
 from fastguide.cli import main
-from fastguide.eval.generate import parse_int_ranges
+from fastguide.cliutil import parse_int_ranges
 from fastguide.train.arch import digits_unet
 
 
@@ -39,12 +39,8 @@ def test_seed_parsing():
 
 
 @pytest.mark.parametrize("argv, message", [
+    # sample / convert / demo / bench mistakes: test_cli_mistakes.py
     (["sample", "--model", "/nonexistent/model.pt"], "checkpoint /nonexistent/model.pt does not exist"),
-    (["sample", "--model", "digits_unet", "--seeds", "0-x"], "bad seeds '0-x'"),
-    (["sample", "--model", "digits_unet", "--seeds", "9-3"], "bad seeds '9-3'"),
-    (["sample", "--model", "imagenet9000_cond"], "unknown model 'imagenet9000_cond'"),
-    (["sample", "--model", "digits_unet", "--class-labels", "12"], "outside 0..9"),
-    (["sample", "--model", "digits_unet", "--classifier-scale", "2"], "needs --classifier"),
     (["convert", "/nonexistent.pt", "x.safetensors"], "does not exist"),
     (["train", "--run-dir", "r", "--data", "/nonexistent.npz"], "does not exist"),
     (["train", "--run-dir", "r", "--arch", "nope"], "unknown architecture 'nope'"),
@@ -185,7 +181,7 @@ def test_sample_guided_diffusion_checkpoints_matches_reference(reference_dir, re
     # (p_sample_loop, respacing "25", classifier scale 3), against the loop guided-diffusion ran.
     p = "loop__linear__25__p_sample_loop_guided__"
     draws = [torch.from_numpy(ref["loop_x_T"]), *torch.from_numpy(ref[p + "step_noise"])]
-    monkeypatch.setattr("fastguide.eval.generate.StackedRandomGenerator", _RecordedNoise(draws))
+    monkeypatch.setattr("fastguide.pipeline.guided.StackedRandomGenerator", _RecordedNoise(draws))
     labels = ",".join(str(int(v)) for v in ref["y"])
     code, err = _run(["sample", "--model", str(reference_dir / "unet_cond_ss.pt"),
                       "--image-size", "32", "--num-head-channels", "16", "--classifier",
@@ -205,12 +201,12 @@ def test_sample_guided_diffusion_checkpoints_matches_reference(reference_dir, re
 
 
 def test_non_finite_samples_are_an_error_not_black_images(tmp_path, monkeypatch, capsys):
-    from fastguide.eval import generate as gen
+    from fastguide.pipeline import guided as gen
 
     real_call = gen.GuidedSampler.__call__
 
-    def diverging(self, seeds, labels, device="cpu", **kw):
-        x = real_call(self, seeds, labels, device, **kw)
+    def diverging(self, seeds, labels, device="cpu", on_step=None, **kw):
+        x = real_call(self, seeds, labels, device, on_step, **kw)
         x[seeds.index(2)] = float("nan")  # as a diverged sampler would
         return x
 
@@ -222,15 +218,15 @@ def test_non_finite_samples_are_an_error_not_black_images(tmp_path, monkeypatch,
 
 
 def test_killed_sample_run_resumes_from_finished_batches(tmp_path, monkeypatch, capsys):
-    from fastguide.eval import generate as gen
+    from fastguide.pipeline import guided as gen
 
     real_call, calls = gen.GuidedSampler.__call__, []
 
-    def counted(self, seeds, labels, device="cpu", **kw):
+    def counted(self, seeds, labels, device="cpu", on_step=None, **kw):
         calls.append(list(seeds))
         if fail_at and len(calls) == fail_at:
             raise RuntimeError("killed")  # as a crash or a lost node would end the run
-        return real_call(self, seeds, labels, device, **kw)
+        return real_call(self, seeds, labels, device, on_step, **kw)
 
     monkeypatch.setattr(gen.GuidedSampler, "__call__", counted)
     argv = ["sample", "--model", "digits_unet", "--steps", "3", "--seeds", "0-5",
@@ -252,8 +248,9 @@ def test_killed_sample_run_resumes_from_finished_batches(tmp_path, monkeypatch, 
     calls.clear()
     fail_at = 3  # leaves two finished batches of the cfg-scale 1 run
     with pytest.raises(RuntimeError):
-        main(argv)
+        main([*argv, "--overwrite"])
     calls.clear()
     fail_at = 0
-    assert main([*argv[:-2], "--cfg-scale", "2", "--out", str(tmp_path / "run")]) == 0
+    assert main([*argv[:-2], "--cfg-scale", "2", "--out", str(tmp_path / "run"),
+                 "--overwrite"]) == 0
     assert len(calls) == 3

@@ -9,7 +9,7 @@ import pytest
 from fastguide import assets
 from fastguide.eval.demo import format_row, run_demo
 from fastguide.eval.digits import DigitsEvaluator
-from fastguide.eval.generate import GuidedSampler, generate, labels_for
+from fastguide.pipeline import GuidedSampler, generate, labels_for
 
 
 @pytest.fixture(scope="module")

@@ -194,8 +194,6 @@ HEAD_KEYS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_at
 
 
 def _load(reference_dir, name, config_json):
-    if not hasattr(fastguide, "load_checkpoint"):
-        pytest.skip("fastguide.load_checkpoint is not available yet")
     config = json.loads(config_json)
     return fastguide.load_checkpoint(reference_dir / name,
                                      **{k: config[k] for k in HEAD_KEYS if k in config}).eval()

@@ -141,7 +141,8 @@ class Recorder:
 
 
 def _summary(section, row):
-    what = f"{section:8} {row['model']:>18} b={row['batch']:<3} {row['backend']:>13}"
+    ran = f"ran {row['dtype']}" if row.get("dtype") else ""
+    what = f"{section:8} {row['model']:>18} b={row['batch']:<3} {row['backend']:>13} {ran:>12}"
     if section == "sampling":
         what += f" {row['guidance']:>10} {row['steps']:>3} steps"
     if row["status"] != "ok":

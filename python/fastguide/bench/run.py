@@ -17,12 +17,15 @@ GUIDANCE = ("cfg", "classifier")
 
 
 class Budget:
-    def __init__(self, seconds):
+    """Seconds left of a suite's time budget. clock is injectable so that tests can drive it."""
+
+    def __init__(self, seconds, clock=time.perf_counter):
         self.seconds = seconds
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = clock()
 
     def remaining(self):
-        return self.seconds - (time.perf_counter() - self.start)
+        return self.seconds - (self.clock() - self.start)
 
     def reason(self, needed_s=0.0):
         """Why a cell expected to take needed_s must be skipped, or None."""

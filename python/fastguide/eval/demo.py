@@ -16,25 +16,34 @@ import time
 import torch
 
 from .. import assets
+from ..cliutil import CLIError, float_list, positive_int
+from ..pipeline import GuidedSampler, generate, labels_for, save_grid, sampler_names
 from .digits import DigitsEvaluator
 from .metrics import fid_from_features, precision_recall
-from .generate import GuidedSampler, generate, labels_for, save_grid
 
 __all__ = ["add_arguments", "main", "run_demo"]
 
 
-def _floats(text):
-    return [float(v) for v in text.split(",")]
+EXAMPLES = """examples:
+  fastguide demo
+  fastguide demo --samples 100 --cfg-scales 0,2 --classifier-scales 2 --out /tmp/demo
+"""
 
 
 def add_arguments(p):
-    p.add_argument("--cfg-scales", type=_floats, default=[0, 0.5, 1, 2, 4])
-    p.add_argument("--classifier-scales", type=_floats, default=[1, 2, 4, 8])
-    p.add_argument("--samples", type=int, default=300, help="images per scale")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm", "heun", "euler"])
-    p.add_argument("--batch-size", type=int, default=300)
-    p.add_argument("--out", default="demo_out", help="where the PNG grids go")
+    p.description = __doc__
+    p.epilog = EXAMPLES
+    p.add_argument("--cfg-scales", type=float_list, default=[0, 0.5, 1, 2, 4],
+                   help="classifier-free guidance scales w, comma-separated")
+    p.add_argument("--classifier-scales", type=float_list, default=[1, 2, 4, 8],
+                   help="classifier guidance scales s, comma-separated")
+    p.add_argument("--samples", type=positive_int, default=300, help="images per scale")
+    p.add_argument("--steps", type=positive_int, default=20, help="sampling steps")
+    p.add_argument("--sampler", default="ddim", choices=sampler_names(), help="the sampler")
+    p.add_argument("--batch-size", type=positive_int, default=300, help="images per batch")
+    p.add_argument("--out", default="demo_out", help="where the PNG grids and results.json go")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier demo in --out")
 
 
 def run_demo(cfg_scales, classifier_scales, samples=300, steps=20, sampler="ddim",
@@ -112,7 +121,21 @@ def _write_results(rows, args, seconds):
     return path
 
 
+def _check(args):
+    for name in ("cfg_scales", "classifier_scales"):
+        bad = [v for v in getattr(args, name) if v < 0]
+        if bad:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {bad[0]:g}")
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    if (out / "results.json").exists() and not args.overwrite:
+        raise CLIError(f"--out {out} holds an earlier demo's results; pass --overwrite to "
+                       "replace them, or choose another --out")
+
+
 def main(args):
+    _check(args)
     start = time.perf_counter()
     print(f"fastguide demo: {args.samples} digits per scale, {args.sampler} {args.steps} steps, "
           f"{torch.get_num_threads()} CPU threads; grids in {args.out}/")

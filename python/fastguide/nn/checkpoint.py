@@ -12,7 +12,9 @@ import pickle
 
 import torch
 
+from ..atomic import atomic_write
 from .base import resolve_dtype
+from .config_check import validate_config
 from .infer import (CheckpointError, CheckpointMismatchError, build_model, compare_shapes,
                     infer_config, strip_prefix)
 
@@ -25,11 +27,9 @@ _RUNTIME = ("backend", "dtype")  # how to run, not what was trained: chosen at l
 
 def read_state_dict(path):
     """A guided-diffusion .pt -> flat {name: tensor}, never executing pickled code."""
-    path = pathlib.Path(path)
+    path = _existing_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():
             raise CheckpointError(
@@ -37,7 +37,7 @@ def read_state_dict(path):
                 "loading them would execute code from the file (fastguide loads with "
                 "weights_only=True). Re-save it as a plain state dict of tensors.") from None
         raise CheckpointError(f"could not read {path}: corrupt or truncated ({e})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # torch.load on arbitrary bytes raises almost any type (KeyError...)
         raise CheckpointError(
             f"could not read {path}: the file is truncated, corrupt or not a PyTorch checkpoint "
             f"({type(e).__name__}: {e})") from None
@@ -55,9 +55,12 @@ def read_state_dict(path):
 def model_from_state_dict(state_dict, config, device="cpu", dtype=None, backend="fused"):
     """Build config's model on the meta device and load state_dict into it strictly."""
     state_dict = strip_prefix(state_dict)
-    config = {k: v for k, v in config.items() if k not in _RUNTIME}
-    with torch.device("meta"):
-        model = build_model(config, backend=backend)
+    config = {k: v for k, v in validate_config(dict(config)).items() if k not in _RUNTIME}
+    try:
+        with torch.device("meta"):
+            model = build_model(config, backend=backend)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"the config does not describe a buildable model: {e}") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     missing, unexpected, mismatched = compare_shapes(expected, shapes, config)
@@ -80,10 +83,11 @@ def load_checkpoint(path, *, device="cpu", dtype=None, backend="fused", **overri
     use_new_attention_order, image_size; or null_class=True to add the classifier-free-guidance
     null label to a class-conditional checkpoint. See fastguide.nn.infer.infer_config.
     """
-    path = pathlib.Path(path)
+    path = _existing_file(path)
     if path.suffix == ".safetensors":
         state_dict, config = _read_safetensors(path)
         config.update(overrides)
+        validate_config(config, f"{path} (with the given overrides)" if overrides else str(path))
         dtype = dtype if dtype is not None else config.get("dtype")
     else:
         state_dict = read_state_dict(path)
@@ -105,9 +109,20 @@ def _config_from_json(text, source):
         raise CheckpointError(f"bad JSON config in {source}: {e}") from None
     if not isinstance(config, dict) or "kind" not in config:
         raise CheckpointError(f"{source} is not a fastguide model config (no 'kind')")
+    validate_config(config, str(source))
     for k in _SEQUENCES:
-        config[k] = tuple(config[k])
+        if k in config:
+            config[k] = tuple(config[k])
     return config
+
+
+def _existing_file(path):
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    return path
 
 
 def _safetensors():
@@ -129,8 +144,8 @@ def save_model(model, path):
         raise ValueError(f"path must end in .safetensors, got {path}")
     text = _config_to_json(model.config)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"fastguide_config": text})
-    path.with_suffix(".json").write_text(text + "\n")
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fastguide_config": text}))
+    atomic_write(path.with_suffix(".json"), lambda tmp: pathlib.Path(tmp).write_text(text + "\n"))
     return path
 
 

@@ -19,7 +19,7 @@ import torch
 from .presets import MODEL_CLASSES, PRESETS
 
 __all__ = ["infer_config", "build_model", "expected_shapes", "compare_shapes", "strip_prefix",
-           "CheckpointError", "CheckpointMismatchError"]
+           "released_architecture", "CheckpointError", "CheckpointMismatchError"]
 
 # Fields that no shape reveals, and guided-diffusion's defaults for them.
 _HEAD_FIELDS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order")
@@ -198,6 +198,17 @@ def _check_adm(shapes):
             f"keys are: {sample}")
 
 
+def _check_head(shapes, kind):
+    """The output head's tensors, which the architecture is read from, must all be there."""
+    if kind == "classifier":
+        return
+    absent = [k for k in ("out.0.weight", "out.0.bias", "out.2.weight", "out.2.bias")
+              if k not in shapes]
+    if absent:
+        raise CheckpointError(f"not a complete guided-diffusion {kind} state dict: missing "
+                              f"{absent} (the output head)")
+
+
 def _structure(shapes, kind, overrides):
     """The unique shape-determined config, trying every num_res_blocks that divides the blocks."""
     n_in = _count(shapes, "input_blocks")
@@ -235,10 +246,11 @@ def _structure(shapes, kind, overrides):
     raise CheckpointMismatchError(missing, unexpected, mismatched, shown)
 
 
-def _matching_preset(cfg):
-    """The first released model whose shape-determined fields all equal cfg's."""
-    skip = _HEAD_FIELDS + ("dropout", "null_class", "use_checkpoint")
-    if cfg["image_size"] is None:  # known only for an attention-pool classifier
+def released_architecture(cfg):
+    """The first released model (preset name) whose shape-determined fields all equal cfg's,
+    or None. Heads, dropout and the runtime switches (dtype, backend) do not count."""
+    skip = _HEAD_FIELDS + ("dropout", "null_class", "use_checkpoint", "dtype", "backend")
+    if cfg.get("image_size") is None:  # known only for an attention-pool classifier
         skip += ("image_size",)
     for name, preset in PRESETS.items():
         if all(preset.get(k) == v for k, v in cfg.items() if k not in skip):
@@ -259,9 +271,14 @@ def infer_config(state_dict, image_channels=3, **overrides):
     kind = overrides.pop("kind", None) or _kind(shapes, image_channels)
     if kind not in MODEL_CLASSES:
         raise ValueError(f"kind must be one of {list(MODEL_CLASSES)}, got {kind!r}")
-    cfg = _structure(shapes, kind, overrides)
+    _check_head(shapes, kind)
+    try:
+        cfg = _structure(shapes, kind, overrides)
+    except KeyError as e:  # a block whose tensors are only partly there
+        raise CheckpointError(f"the state dict lacks {e.args[0]!r}, which a guided-diffusion "
+                              f"{kind} checkpoint has; the file is incomplete") from None
 
-    preset = _matching_preset(cfg)
+    preset = released_architecture(cfg)
     if preset is not None:
         fill = {k: PRESETS[preset][k] for k in _UNSHAPED}
     else:

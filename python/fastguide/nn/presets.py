@@ -11,7 +11,8 @@ import copy
 from .classifier import EncoderUNet
 from .unet import SuperResUNet, UNet
 
-__all__ = ["PRESETS", "ALIASES", "MODEL_CLASSES", "names", "config", "create"]
+__all__ = ["PRESETS", "ALIASES", "DIFFUSION", "MODEL_CLASSES", "names", "config", "create",
+           "diffusion", "canonical"]
 
 MODEL_CLASSES = {"unet": UNet, "superres": SuperResUNet, "classifier": EncoderUNet}
 
@@ -68,18 +69,42 @@ ALIASES = {
 }
 
 
+# The process each released model was trained with: the --diffusion_steps, --noise_schedule and
+# --learn_sigma of guided-diffusion's README flags (the 64x64 model alone uses the cosine
+# schedule). Classifiers guide the process of the model they are paired with, so they have none.
+_LINEAR = dict(steps=1000, noise_schedule="linear", learn_sigma=True)
+DIFFUSION = {
+    "imagenet64_cond": dict(steps=1000, noise_schedule="cosine", learn_sigma=True),
+    "imagenet128_cond": _LINEAR, "imagenet256_cond": _LINEAR, "imagenet256_uncond": _LINEAR,
+    "imagenet512_cond": _LINEAR, "lsun256": _LINEAR,
+    "upsampler64_256": _LINEAR, "upsampler128_512": _LINEAR,
+}
+
+
 def names():
     """The preset names (aliases excluded)."""
     return list(PRESETS)
 
 
-def config(name):
-    """The preset's constructor arguments plus "kind" (a copy)."""
-    key = name.removesuffix(".pt")
+def canonical(name):
+    """The preset name for a preset, an alias or a released checkpoint's file name."""
+    key = str(name).removesuffix(".pt")
     key = ALIASES.get(key, key)
     if key not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; presets: {names()}, aliases: {list(ALIASES)}")
-    return copy.deepcopy(PRESETS[key])
+    return key
+
+
+def config(name):
+    """The preset's constructor arguments plus "kind" (a copy)."""
+    return copy.deepcopy(PRESETS[canonical(name)])
+
+
+def diffusion(name):
+    """The diffusion process the released model was trained with (steps, noise_schedule,
+    learn_sigma), or None for a classifier."""
+    settings = DIFFUSION.get(canonical(name))
+    return dict(settings) if settings is not None else None
 
 
 def create(name, **overrides):

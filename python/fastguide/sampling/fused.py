@@ -53,7 +53,7 @@ def coef_table(diffusion, kind, device, eta=0.0):
 def _model_output(model, x, s, model_kwargs):
     """The network's output; a classifier-free-guided model returns its raw 2B rows and w, so
     the combine happens inside the step kernel."""
-    if isinstance(model, ClassifierFreeGuidance):
+    if isinstance(model, ClassifierFreeGuidance) and model.fusable:
         return model.forward_raw(x, s, **model_kwargs), model.guidance_scale
     return model(x, s, **model_kwargs), 0.0
 
