@@ -3,7 +3,9 @@ tree's law, no autograd graph, and the errors bad options must raise.
 
 Gaussian data y ~ N(μ, s²) has the exact denoiser D(x, σ) = μ + (x − μ)·s²/(s² + σ²), so every
 sampler's output must have mean μ and variance s², within sampling error (4 standard errors)
-plus a 1% allowance for the discretization bias at the step counts used (measured below 1%).
+plus, for the variance, a 1% allowance for the discretization bias at the step counts used
+(which are chosen so that bias is about 1% or less: the ancestral and SDE samplers converge to
+the data's law only as the steps shrink).
 """
 import math
 
@@ -40,10 +42,20 @@ STOCHASTIC = [
 BROWNIAN = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde")
 
 
+@pytest.fixture
+def one_thread():
+    """Run on one intra-op thread: on a busy 2-core machine, ops on 10⁵ values split over two
+    spinning threads can take 30x longer than on one (measured: 121 s against 4 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name,options,steps", STOCHASTIC,
                          ids=[f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}"
                               for c in STOCHASTIC])
-def test_samples_have_the_data_mean_and_variance(name, options, steps):
+def test_samples_have_the_data_mean_and_variance(name, options, steps, one_thread):
     # 4 seeds x 10k (Brownian trees) or 25k values each; float32, per-seed generators.
     seeds, width = (4, 10_000) if name in BROWNIAN else (4, 25_000)
     rng = StackedRandomGenerator(range(1000, 1000 + seeds))
@@ -239,6 +251,9 @@ def test_classifier_guidance_still_differentiates_inside(name):
     ("unipc", {"order": 2.5}, "order must be an integer"),
     ("unipc", {"order": True}, "order must be an integer"),
     ("unipc", {"variant": "bh3"}, "variant must be one of"),
+    ("ddim", {"eta": -1.0}, "eta must be"),
+    ("heun", {"S_churn": float("nan")}, "S_churn must be"),
+    ("euler", {"S_noise": -0.5}, "S_noise must be"),
 ])
 def test_bad_options_name_the_option(name, options, match):
     with pytest.raises(ValueError, match=match):

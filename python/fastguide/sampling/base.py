@@ -8,6 +8,7 @@ denoiser that needs autograd (classifier guidance) turns it on inside its own ca
 """
 import inspect
 import math
+import numbers
 
 import torch
 
@@ -54,7 +55,8 @@ def report(callback, **info):
 
 def check_number(name, value, low=None, high=None, low_open=False, high_open=False):
     """A finite real number in the given range, or a ValueError that names the option."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -74,9 +76,10 @@ def check_choice(name, value, choices):
 
 
 def check_order(name, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not low <= value <= high:
         raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return value
+    return int(value)
 
 
 def default_noise_sampler(x, noise_sampler, randn_like):

@@ -68,7 +68,9 @@ class BrownianTreeNoiseSampler:
         batch = x.shape[0]
         if seeds is None:
             seeds = torch.randint(0, 2 ** 62, (batch,)).tolist()
-        seeds = [int(s) for s in torch.as_tensor(seeds).reshape(-1).tolist()]
+        if torch.is_tensor(seeds):
+            seeds = seeds.reshape(-1).tolist()
+        seeds = [int(s) for s in seeds]
         if len(seeds) != batch:
             raise ValueError(f"seeds has {len(seeds)} entries for a batch of {batch}")
         self.seeds = seeds

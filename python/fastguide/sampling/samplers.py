@@ -14,7 +14,7 @@ import torch
 
 from .. import ops
 from . import steps
-from .base import check_sigmas, churn_gamma as _churn_gamma, denoise as _denoise
+from .base import check_number, check_sigmas, churn_gamma as _churn_gamma, denoise as _denoise
 from .base import report as _callback
 from .progress import sampling_steps
 
@@ -42,6 +42,8 @@ def _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_
                  S_noise, randn_like, second_order):
     # EDM Algorithm 2; Euler when second_order is False.
     sigmas, values = check_sigmas(sigmas, x)
+    check_number("S_churn", S_churn, low=0)
+    check_number("S_noise", S_noise, low=0)
     extra_args = extra_args or {}
     randn_like = randn_like or torch.randn_like
     round_sigma = getattr(denoiser, "round_sigma", None)
@@ -99,6 +101,7 @@ def sample_ddim(denoiser, x, sigmas, extra_args=None, callback=None, disable=Fal
     Options: eta (default 0), randn_like for the noise when eta > 0 (default torch.randn_like).
     """
     sigmas, values = check_sigmas(sigmas, x)
+    check_number("eta", eta, low=0)
     extra_args = extra_args or {}
     randn_like = randn_like or torch.randn_like
     for i in sampling_steps(len(values) - 1, disable):
