@@ -13,9 +13,9 @@ Two network calls a step; the step to σ = 0 is an Euler step (one call), which 
 import torch
 
 from . import steps
-from .base import (ancestral_sigmas, check_number, check_sigmas, churn_gamma,
-                   default_noise_sampler, denoise, report)
-from .progress import sampling_steps
+from .ancestral import ancestral_sampler
+from .base import denoise
+from .samplers import edm_churn_sampler
 
 __all__ = ["dpm_2_step", "sample_dpm_2", "sample_dpm_2_ancestral"]
 
@@ -36,29 +36,8 @@ def sample_dpm_2(denoiser, x, sigmas, extra_args=None, callback=None, disable=Fa
     Options: S_churn, S_min, S_max, S_noise (EDM's churn, as in sample_heun: noise is added on
     S_min <= σ <= S_max, at most (√2 − 1)·σ a step), randn_like for the churn noise.
     """
-    sigmas, values = check_sigmas(sigmas, x)
-    S_churn = check_number("S_churn", S_churn, low=0)
-    S_noise = check_number("S_noise", S_noise, low=0)
-    extra_args = extra_args or {}
-    randn_like = randn_like or torch.randn_like
-    round_sigma = getattr(denoiser, "round_sigma", None)
-    num_steps = len(values) - 1
-    for i in sampling_steps(num_steps, disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = churn_gamma(values[i], num_steps, S_churn, S_min, S_max)
-        sigma_hat = sigma
-        if gamma > 0:
-            sigma_hat = sigma * (1 + gamma)
-            if round_sigma is not None:
-                sigma_hat = round_sigma(sigma_hat).to(sigmas)
-            x = steps.churn_step(x, sigma, sigma_hat, randn_like(x), S_noise)
-        denoised = denoise(denoiser, x, sigma_hat, extra_args)
-        report(callback, x=x, i=i, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised)
-        if values[i + 1] == 0:
-            x = steps.euler_step(x, denoised, sigma_hat, sigma_next)
-        else:
-            x = dpm_2_step(denoiser, x, denoised, sigma_hat, sigma_next, extra_args)
-    return x
+    return edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min,
+                             S_max, S_noise, randn_like, update=dpm_2_step)
 
 
 @torch.no_grad()
@@ -70,20 +49,5 @@ def sample_dpm_2_ancestral(denoiser, x, sigmas, extra_args=None, callback=None, 
     torch.randn_like; StackedRandomGenerator.randn_like gives per-seed noise). Second order when
     eta = 0.
     """
-    sigmas, values = check_sigmas(sigmas, x)
-    eta = check_number("eta", eta, low=0)
-    S_noise = check_number("S_noise", S_noise, low=0)
-    noise = default_noise_sampler(x, noise_sampler, randn_like)
-    extra_args = extra_args or {}
-    for i in sampling_steps(len(values) - 1, disable):
-        sigma, sigma_next = values[i], values[i + 1]
-        denoised = denoise(denoiser, x, sigmas[i], extra_args)
-        report(callback, x=x, i=i, sigma=sigmas[i], sigma_hat=sigmas[i], denoised=denoised)
-        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
-        if sigma_down == 0:
-            x = steps.euler_step(x, denoised, sigma, sigma_down)
-        else:
-            x = dpm_2_step(denoiser, x, denoised, sigma, sigma_down, extra_args)
-        if sigma_next > 0 and sigma_up > 0:
-            x = x + noise(sigma, sigma_next) * (S_noise * sigma_up)
-    return x
+    return ancestral_sampler(denoiser, x, sigmas, extra_args, callback, disable, eta, S_noise,
+                             noise_sampler, randn_like, dpm_2_step)

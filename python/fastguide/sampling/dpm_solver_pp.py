@@ -21,12 +21,13 @@ import math
 
 import torch
 
-from .base import (ancestral_sigmas, check_choice, check_number, check_sigmas,
-                   default_noise_sampler, denoise, report)
+from .ancestral import ancestral_sampler
+from .base import ancestral_sigmas, check_choice, check_number, check_sigmas, denoise, report
 from .noise import brownian_noise_sampler
 from .progress import sampling_steps
 
-__all__ = ["phi_2", "phi_3", "first_order_step", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
+__all__ = ["phi_2", "phi_3", "first_order_step", "dpmpp_2s_step", "dpmpp_2m_sde_step",
+           "dpmpp_3m_sde_step", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
            "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]
 
 
@@ -50,37 +51,25 @@ def _check_noise_options(eta, S_noise):
     return check_number("eta", eta, low=0), check_number("S_noise", S_noise, low=0)
 
 
+def dpmpp_2s_step(denoiser, x, denoised, sigma, sigma_to, extra_args):
+    """DPM-Solver++(2S) from σ to σ_to (Lu et al., Algorithm 1, r = ½): a first-order step to
+    the midpoint σ_s = √(σ·σ_to), then the full first-order step with D there."""
+    sigma_s = math.sqrt(sigma * sigma_to)
+    x_s = first_order_step(x, denoised, sigma, sigma_s)
+    return first_order_step(x, denoise(denoiser, x_s, sigma_s, extra_args), sigma, sigma_to)
+
+
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, extra_args=None, callback=None, disable=False,
                               eta=1.0, S_noise=1.0, noise_sampler=None, randn_like=None):
-    """Ancestral sampling with DPM-Solver++(2S) steps (second order when eta = 0).
-
-    Each step goes to σ_down by DPM-Solver++(2S) (Lu et al., Algorithm 1, r = ½: a first-order
-    step to the midpoint σ_s = √(σ·σ_down), then the full step with D at the midpoint), then adds
-    noise of std σ_up (ancestral.py). Two network calls a step.
+    """Ancestral sampling with DPM-Solver++(2S) steps to σ_down, then noise of std σ_up
+    (ancestral.py). Two network calls a step; second order when eta = 0.
 
     Options: eta (>= 0, default 1), S_noise (default 1), noise_sampler or randn_like (default
     torch.randn_like; StackedRandomGenerator.randn_like gives per-seed noise).
     """
-    sigmas, values = check_sigmas(sigmas, x)
-    eta, S_noise = _check_noise_options(eta, S_noise)
-    noise = default_noise_sampler(x, noise_sampler, randn_like)
-    extra_args = extra_args or {}
-    for i in sampling_steps(len(values) - 1, disable):
-        sigma, sigma_next = values[i], values[i + 1]
-        denoised = denoise(denoiser, x, sigmas[i], extra_args)
-        report(callback, x=x, i=i, sigma=sigmas[i], sigma_hat=sigmas[i], denoised=denoised)
-        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
-        if sigma_down == 0:
-            x = denoised
-        else:
-            sigma_s = math.sqrt(sigma * sigma_down)
-            x_s = first_order_step(x, denoised, sigma, sigma_s)
-            denoised_s = denoise(denoiser, x_s, sigma_s, extra_args)
-            x = first_order_step(x, denoised_s, sigma, sigma_down)
-        if sigma_next > 0 and sigma_up > 0:
-            x = x + noise(sigma, sigma_next) * (S_noise * sigma_up)
-    return x
+    return ancestral_sampler(denoiser, x, sigmas, extra_args, callback, disable, eta, S_noise,
+                             noise_sampler, randn_like, dpmpp_2s_step)
 
 
 @torch.no_grad()
@@ -124,59 +113,20 @@ def _ancestral(x, denoised, sigma, sigma_next, eta, S_noise, noise):
     return x + noise(sigma, sigma_next) * (S_noise * sigma_up) if sigma_up > 0 else x
 
 
-def dpmpp_2m_sde_step(x, denoised, sigma, sigma_next, eta, denoised_prev=None, h_prev=None,
-                      solver_type="midpoint"):
-    """(★) with D linear in λ through the last two D's (no noise term). Floats σ, σ_next > 0.
+def dpmpp_2m_sde_step(x, denoised, sigma, sigma_next, eta, history, solver_type="midpoint"):
+    """(★) with D linear in λ through the last two D's (no noise term). Floats σ, σ_next > 0;
+    history = [(D_1, h_1)] of the previous step (h_1 its λ-length), or [] for the first step.
 
-    heun:     the exact weight h·φ₂(a) of D' ≈ (D − D_prev)/h_prev;
+    heun:     the exact weight h·φ₂(a) of D' ≈ (D − D_1)/h_1;
     midpoint: the DPM-Solver++(2M) weight ½·(1 − e^(−a))·h (Lu et al., Algorithm 2).
     """
     h = math.log(sigma / sigma_next)
     a = (1 + eta) * h
     x = math.exp(-a) * x - math.expm1(-a) * denoised
-    if denoised_prev is not None:
+    if history:
+        (d_1, h_1), = history[:1]
         weight = phi_2(a) if solver_type == "heun" else -0.5 * math.expm1(-a)
-        x = x + (weight * h / h_prev) * (denoised - denoised_prev)
-    return x
-
-
-def _sde_noise(x, noise, sigma, sigma_next, eta, S_noise):
-    # σ_next·√(1 − e^(−2ηh))·z of (★).
-    if eta == 0:
-        return x
-    h = math.log(sigma / sigma_next)
-    std = sigma_next * math.sqrt(-math.expm1(-2 * eta * h))
-    return x + noise(sigma, sigma_next) * (S_noise * std)
-
-
-@torch.no_grad()
-def sample_dpmpp_2m_sde(denoiser, x, sigmas, extra_args=None, callback=None, disable=False,
-                        eta=1.0, S_noise=1.0, solver_type="midpoint", noise_sampler=None,
-                        randn_like=None):
-    """DPM-Solver++(2M) SDE: multistep, one call a step; second order (eta = 0: the ODE).
-
-    Options: eta (>= 0, default 1), S_noise (default 1), solver_type ("midpoint", default, or
-    "heun": how D' enters, see dpmpp_2m_sde_step), noise_sampler, or randn_like (default
-    torch.randn_like), which seeds a per-image Brownian tree (batch-independent with
-    StackedRandomGenerator.randn_like).
-    """
-    sigmas, values = check_sigmas(sigmas, x)
-    eta, S_noise = _check_noise_options(eta, S_noise)
-    check_choice("solver_type", solver_type, ("midpoint", "heun"))
-    noise = brownian_noise_sampler(x, values, noise_sampler, randn_like) if eta > 0 else None
-    extra_args = extra_args or {}
-    denoised_prev = h_prev = None
-    for i in sampling_steps(len(values) - 1, disable):
-        sigma, sigma_next = values[i], values[i + 1]
-        denoised = denoise(denoiser, x, sigmas[i], extra_args)
-        report(callback, x=x, i=i, sigma=sigmas[i], sigma_hat=sigmas[i], denoised=denoised)
-        if sigma_next == 0:
-            x = denoised
-            continue
-        x = dpmpp_2m_sde_step(x, denoised, sigma, sigma_next, eta, denoised_prev, h_prev,
-                              solver_type)
-        x = _sde_noise(x, noise, sigma, sigma_next, eta, S_noise)
-        denoised_prev, h_prev = denoised, math.log(sigma / sigma_next)
+        x = x + (weight * h / h_1) * (denoised - d_1)
     return x
 
 
@@ -190,19 +140,60 @@ def dpmpp_3m_sde_step(x, denoised, sigma, sigma_next, eta, history):
         x_next = e^(−a)·x + (1 − e^(−a))·D + φ₂(a)·h·D' + φ₃(a)·h²·D''.
     With one previous step, D is linear: h·D' = h·f₀₁ (DPM-Solver++(2M), heun weights).
     """
+    if len(history) < 2:
+        return dpmpp_2m_sde_step(x, denoised, sigma, sigma_next, eta, history, "heun")
     h = math.log(sigma / sigma_next)
     a = (1 + eta) * h
+    (d_1, h_1), (d_2, h_2) = history[:2]
+    f_01 = (denoised - d_1) / h_1
+    f_12 = (d_1 - d_2) / h_2
+    f_012 = (f_01 - f_12) / (h_1 + h_2)
     x = math.exp(-a) * x - math.expm1(-a) * denoised
-    if len(history) == 1:
-        (d_1, h_1), = history
-        x = x + (phi_2(a) * h / h_1) * (denoised - d_1)
-    elif len(history) == 2:
-        (d_1, h_1), (d_2, h_2) = history
-        f_01 = (denoised - d_1) / h_1
-        f_12 = (d_1 - d_2) / h_2
-        f_012 = (f_01 - f_12) / (h_1 + h_2)
-        x = x + (phi_2(a) * h) * (f_01 + h_1 * f_012) + (2 * phi_3(a) * h * h) * f_012
+    return x + (phi_2(a) * h) * (f_01 + h_1 * f_012) + (2 * phi_3(a) * h * h) * f_012
+
+
+def _multistep_sde(denoiser, x, sigmas, extra_args, callback, disable, eta, S_noise,
+                   noise_sampler, randn_like, step, history_length):
+    """The multistep loop: D(x, σ), step(x, D, σ, σ_next, η, history), then the noise of (★),
+    σ_next·√(1 − e^(−2ηh))·S_noise·z, z from a per-image Brownian tree by default."""
+    sigmas, values = check_sigmas(sigmas, x)
+    eta, S_noise = _check_noise_options(eta, S_noise)
+    noise = brownian_noise_sampler(x, values, noise_sampler, randn_like) if eta > 0 else None
+    extra_args = extra_args or {}
+    history = []  # [(D, λ-length of its step)], newest first
+    for i in sampling_steps(len(values) - 1, disable):
+        sigma, sigma_next = values[i], values[i + 1]
+        denoised = denoise(denoiser, x, sigmas[i], extra_args)
+        report(callback, x=x, i=i, sigma=sigmas[i], sigma_hat=sigmas[i], denoised=denoised)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        x = step(x, denoised, sigma, sigma_next, eta, history)
+        h = math.log(sigma / sigma_next)
+        if eta > 0:
+            std = sigma_next * math.sqrt(-math.expm1(-2 * eta * h))
+            x = x + noise(sigma, sigma_next) * (S_noise * std)
+        history = [(denoised, h)] + history[:history_length - 1]
     return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoiser, x, sigmas, extra_args=None, callback=None, disable=False,
+                        eta=1.0, S_noise=1.0, solver_type="midpoint", noise_sampler=None,
+                        randn_like=None):
+    """DPM-Solver++(2M) SDE: multistep, one call a step; second order (eta = 0: the ODE).
+
+    Options: eta (>= 0, default 1), S_noise (default 1), solver_type ("midpoint", default, or
+    "heun": how D' enters, see dpmpp_2m_sde_step), noise_sampler, or randn_like (default
+    torch.randn_like), which seeds a per-image Brownian tree (batch-independent with
+    StackedRandomGenerator.randn_like).
+    """
+    check_choice("solver_type", solver_type, ("midpoint", "heun"))
+
+    def step(x, denoised, sigma, sigma_next, eta, history):
+        return dpmpp_2m_sde_step(x, denoised, sigma, sigma_next, eta, history, solver_type)
+    return _multistep_sde(denoiser, x, sigmas, extra_args, callback, disable, eta, S_noise,
+                          noise_sampler, randn_like, step, history_length=1)
 
 
 @torch.no_grad()
@@ -218,19 +209,5 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, extra_args=None, callback=None, dis
     torch.randn_like), which seeds a per-image Brownian tree (batch-independent with
     StackedRandomGenerator.randn_like).
     """
-    sigmas, values = check_sigmas(sigmas, x)
-    eta, S_noise = _check_noise_options(eta, S_noise)
-    noise = brownian_noise_sampler(x, values, noise_sampler, randn_like) if eta > 0 else None
-    extra_args = extra_args or {}
-    history = []
-    for i in sampling_steps(len(values) - 1, disable):
-        sigma, sigma_next = values[i], values[i + 1]
-        denoised = denoise(denoiser, x, sigmas[i], extra_args)
-        report(callback, x=x, i=i, sigma=sigmas[i], sigma_hat=sigmas[i], denoised=denoised)
-        if sigma_next == 0:
-            x = denoised
-            continue
-        x = dpmpp_3m_sde_step(x, denoised, sigma, sigma_next, eta, history)
-        x = _sde_noise(x, noise, sigma, sigma_next, eta, S_noise)
-        history = [(denoised, math.log(sigma / sigma_next))] + history[:1]
-    return x
+    return _multistep_sde(denoiser, x, sigmas, extra_args, callback, disable, eta, S_noise,
+                          noise_sampler, randn_like, dpmpp_3m_sde_step, history_length=2)

@@ -38,9 +38,18 @@ def _heun(x, denoised, x_next, denoised_next, sigma, sigma_next):
     return steps.heun_step(x, denoised, x_next, denoised_next, sigma, sigma_next)
 
 
-def _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
-                 S_noise, randn_like, second_order):
-    # EDM Algorithm 2; Euler when second_order is False.
+def _heun_update(denoiser, x, denoised, sigma, sigma_next, extra_args):
+    # EDM Algorithm 2, lines 5–8: Euler to σ_next, then the average of both slopes.
+    x_next = _euler(x, denoised, sigma, sigma_next)
+    denoised_next = _denoise(denoiser, x_next, sigma_next, extra_args)
+    return _heun(x, denoised, x_next, denoised_next, sigma, sigma_next)
+
+
+def edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
+                      S_noise, randn_like, update=None):
+    """EDM's Algorithm 2: optional churn (raise σ to σ̂ with fresh noise), then one step from σ̂
+    to σ_next: update(denoiser, x, D(x, σ̂), σ̂, σ_next, extra_args), or Euler (update None,
+    and always for the step to σ = 0). Shared by euler, heun and dpm_2."""
     sigmas, values = check_sigmas(sigmas, x)
     check_number("S_churn", S_churn, low=0)
     check_number("S_noise", S_noise, low=0)
@@ -58,10 +67,10 @@ def _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_
                 sigma_hat = round_sigma(sigma_hat).to(sigmas)
             x = steps.churn_step(x, sigma, sigma_hat, randn_like(x), S_noise)
         denoised = _denoise(denoiser, x, sigma_hat, extra_args)
-        x_next = _euler(x, denoised, sigma_hat, sigma_next)
-        if second_order and values[i + 1] > 0:
-            denoised_next = _denoise(denoiser, x_next, sigma_next, extra_args)
-            x_next = _heun(x, denoised, x_next, denoised_next, sigma_hat, sigma_next)
+        if update is not None and values[i + 1] > 0:
+            x_next = update(denoiser, x, denoised, sigma_hat, sigma_next, extra_args)
+        else:
+            x_next = _euler(x, denoised, sigma_hat, sigma_next)
         _callback(callback, x=x, i=i, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised)
         x = x_next
     return x
@@ -75,8 +84,8 @@ def sample_euler(denoiser, x, sigmas, extra_args=None, callback=None, disable=Fa
     Options: S_churn, S_min, S_max, S_noise (EDM's churn, as in sample_heun), randn_like for
     the churn noise.
     """
-    return _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
-                        S_noise, randn_like, second_order=False)
+    return edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min,
+                             S_max, S_noise, randn_like)
 
 
 @torch.no_grad()
@@ -88,8 +97,8 @@ def sample_heun(denoiser, x, sigmas, extra_args=None, callback=None, disable=Fal
     scaled by S_noise; randn_like draws it (default torch.randn_like; per-seed noise with
     StackedRandomGenerator.randn_like).
     """
-    return _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
-                        S_noise, randn_like, second_order=True)
+    return edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min,
+                             S_max, S_noise, randn_like, update=_heun_update)
 
 
 @torch.no_grad()
