@@ -97,6 +97,7 @@ class BrownianTreeNoiseSampler:
 
     def _bridge(self, sa, wa, sb, wb, s, key):
         """W(s) for sa < s < sb given W(sa), W(sb): the Brownian bridge, drawn with key."""
+        s = min(max(s, sa), sb)  # exp(log σ) may round just outside the leaf
         mean = wa + (s - sa) / (sb - sa) * (wb - wa)
         return mean + math.sqrt((s - sa) * (sb - s) / (sb - sa)) * self._draw(*key)
 

@@ -6,10 +6,10 @@ name                calls/step  order      stochastic  options
 euler                   1       1          churn       S_churn S_min S_max S_noise randn_like
 heun                    2       2          churn       S_churn S_min S_max S_noise randn_like
 dpm_2                   2       2          churn       S_churn S_min S_max S_noise randn_like
-lms                     1       ≤ order    no          order (1–4)
+lms                     1       order      no          order (1–4)
 dpmpp_2m                1       2          no          —
-unipc                   1       order + 1  no          order (1–3), variant (bh1, bh2)
-dpm_solver_fast   (budget)      2–3        no          — (its own λ-uniform steps)
+unipc                   1       order + 1  no          order (1–3), variant (bh2, bh1)
+dpm_solver_fast   N in all      3          no          — (its own steps, uniform in log σ)
 ddim                    1       1          eta > 0     eta randn_like
 ddpm                    1       —          yes         randn_like
 euler_ancestral         1       1 (eta=0)  eta > 0     eta S_noise noise_sampler randn_like

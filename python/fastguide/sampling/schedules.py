@@ -21,18 +21,14 @@ import math
 import torch
 
 from ..diffusion.edm import edm_sigmas, vp_sigma, vp_sigma_inv
-from .base import NameRegistry
+from .base import NameRegistry, check_number
 
 __all__ = ["karras", "exponential", "polyexponential", "vp", "discrete", "SCHEDULES",
            "schedule_options"]
 
 
 def _positive(name, value):
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return check_number(name, value, low=0, low_open=True)
 
 
 def _check(n, sigma_min, sigma_max):
@@ -48,7 +44,7 @@ def _append_zero(sigmas):
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def _log_ramp(n, sigma_min, sigma_max, ramp, device, dtype):
+def _log_ramp(sigma_min, sigma_max, ramp, device, dtype):
     # σ = exp(log σ_min + ramp·(log σ_max − log σ_min)), ramp from 1 down to 0.
     lo, hi = math.log(sigma_min), math.log(sigma_max)
     sigmas = torch.exp(lo + ramp * (hi - lo))
@@ -71,7 +67,7 @@ def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0, *, device=None, dtype=to
 def exponential(n, sigma_min=0.002, sigma_max=80.0, *, device=None, dtype=torch.float64):
     """Uniform steps in log σ (equal steps of DPM-Solver's λ = −log σ)."""
     sigma_min, sigma_max = _check(n, sigma_min, sigma_max)
-    return _log_ramp(n, sigma_min, sigma_max, _ramp(n), device, dtype)
+    return _log_ramp(sigma_min, sigma_max, _ramp(n), device, dtype)
 
 
 def polyexponential(n, sigma_min=0.002, sigma_max=80.0, rho=1.0, *, device=None,
@@ -79,16 +75,14 @@ def polyexponential(n, sigma_min=0.002, sigma_max=80.0, rho=1.0, *, device=None,
     """log σ polynomial in the step: ramp^ρ with ramp from 1 to 0 (ρ > 1 spends more steps at
     low noise)."""
     sigma_min, sigma_max = _check(n, sigma_min, sigma_max)
-    return _log_ramp(n, sigma_min, sigma_max, _ramp(n) ** _positive("rho", rho), device, dtype)
+    return _log_ramp(sigma_min, sigma_max, _ramp(n) ** _positive("rho", rho), device, dtype)
 
 
 def vp(n, sigma_min=None, sigma_max=None, beta_d=19.9, beta_min=0.1, *, device=None,
        dtype=torch.float64):
     """Uniform steps in the VP SDE's t; sigma_min/sigma_max default to σ(10⁻³) and σ(1)."""
     beta_d = _positive("beta_d", beta_d)
-    if isinstance(beta_min, bool) or not isinstance(beta_min, (int, float)) \
-            or not math.isfinite(beta_min) or beta_min < 0:
-        raise ValueError(f"beta_min must be a finite number >= 0, got {beta_min!r}")
+    beta_min = check_number("beta_min", beta_min, low=0)
     if sigma_min is None:
         sigma_min = float(vp_sigma(torch.tensor(1e-3, dtype=torch.float64), beta_d, beta_min))
     if sigma_max is None:
