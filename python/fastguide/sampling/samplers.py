@@ -10,46 +10,16 @@ No sampler asks the device anything inside its loop: the σ list is read once be
 decide the control flow (the last step, churn), and the arithmetic uses tensors on x's device.
 Noise comes from randn_like (per-image generators: rng.StackedRandomGenerator.randn_like).
 """
-import math
-
 import torch
 
 from .. import ops
 from . import steps
+from .base import check_number, check_sigmas, churn_gamma as _churn_gamma, denoise as _denoise
+from .base import report as _callback
 from .progress import sampling_steps
 
 __all__ = ["sample_euler", "sample_heun", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
-           "sample_log_snr_ancestral", "check_sigmas", "SAMPLERS"]
-
-
-def check_sigmas(sigmas, x):
-    """Validate the σ list once, on the host. Returns (sigmas on x's device, list of floats)."""
-    if not torch.is_tensor(sigmas):
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.dim() != 1 or len(sigmas) < 2:
-        raise ValueError("sigmas must be a 1-D list of at least 2 noise levels, "
-                         f"got shape {list(sigmas.shape)}")
-    if not torch.is_tensor(x) or x.dim() < 1:
-        raise ValueError("x must be a batched tensor")
-    values = sigmas.detach().cpu().double().tolist()
-    if not all(math.isfinite(s) for s in values):
-        raise ValueError(f"sigmas must be finite, got {values}")
-    if values[-1] < 0 or any(s <= 0 for s in values[:-1]):
-        raise ValueError("sigmas must be positive (only the last may be 0)")
-    bad = [i for i in range(len(values) - 1) if not values[i + 1] < values[i]]
-    if bad:
-        i = bad[0]
-        raise ValueError(f"sigmas must be strictly decreasing, but sigmas[{i}] = {values[i]:g} "
-                         f"and sigmas[{i + 1}] = {values[i + 1]:g}")
-    return sigmas.to(x.device), values
-
-
-def _denoise(denoiser, x, sigma, extra_args):
-    # σ as a [B] tensor: each image may in principle have its own noise level.
-    out = denoiser(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
-    if out.shape != x.shape:
-        raise ValueError(f"denoiser output has shape {list(out.shape)}, expected {list(x.shape)}")
-    return out
+           "sample_log_snr_ancestral", "check_sigmas"]
 
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -68,19 +38,21 @@ def _heun(x, denoised, x_next, denoised_next, sigma, sigma_next):
     return steps.heun_step(x, denoised, x_next, denoised_next, sigma, sigma_next)
 
 
-def _callback(callback, **info):
-    if callback is not None:
-        callback(info)
+def _heun_update(denoiser, x, denoised, sigma, sigma_next, extra_args):
+    # EDM Algorithm 2, lines 5–8: Euler to σ_next, then the average of both slopes.
+    x_next = _euler(x, denoised, sigma, sigma_next)
+    denoised_next = _denoise(denoiser, x_next, sigma_next, extra_args)
+    return _heun(x, denoised, x_next, denoised_next, sigma, sigma_next)
 
 
-def _churn_gamma(sigma, num_steps, S_churn, S_min, S_max):
-    return min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= sigma <= S_max else 0.0
-
-
-def _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
-                 S_noise, randn_like, second_order):
-    # EDM Algorithm 2; Euler when second_order is False.
+def edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
+                      S_noise, randn_like, update=None):
+    """EDM's Algorithm 2: optional churn (raise σ to σ̂ with fresh noise), then one step from σ̂
+    to σ_next: update(denoiser, x, D(x, σ̂), σ̂, σ_next, extra_args), or Euler (update None,
+    and always for the step to σ = 0). Shared by euler, heun and dpm_2."""
     sigmas, values = check_sigmas(sigmas, x)
+    check_number("S_churn", S_churn, low=0)
+    check_number("S_noise", S_noise, low=0)
     extra_args = extra_args or {}
     randn_like = randn_like or torch.randn_like
     round_sigma = getattr(denoiser, "round_sigma", None)
@@ -95,37 +67,50 @@ def _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_
                 sigma_hat = round_sigma(sigma_hat).to(sigmas)
             x = steps.churn_step(x, sigma, sigma_hat, randn_like(x), S_noise)
         denoised = _denoise(denoiser, x, sigma_hat, extra_args)
-        x_next = _euler(x, denoised, sigma_hat, sigma_next)
-        if second_order and values[i + 1] > 0:
-            denoised_next = _denoise(denoiser, x_next, sigma_next, extra_args)
-            x_next = _heun(x, denoised, x_next, denoised_next, sigma_hat, sigma_next)
+        if update is not None and values[i + 1] > 0:
+            x_next = update(denoiser, x, denoised, sigma_hat, sigma_next, extra_args)
+        else:
+            x_next = _euler(x, denoised, sigma_hat, sigma_next)
         _callback(callback, x=x, i=i, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised)
         x = x_next
     return x
 
 
+@torch.no_grad()
 def sample_euler(denoiser, x, sigmas, extra_args=None, callback=None, disable=False, S_churn=0.0,
                  S_min=0.0, S_max=float("inf"), S_noise=1.0, randn_like=None):
-    """Euler's method on the probability-flow ODE, with EDM's optional churn (first order)."""
-    return _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
-                        S_noise, randn_like, second_order=False)
+    """Euler's method on the probability-flow ODE, with EDM's optional churn (first order).
+
+    Options: S_churn, S_min, S_max, S_noise (EDM's churn, as in sample_heun), randn_like for
+    the churn noise.
+    """
+    return edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min,
+                             S_max, S_noise, randn_like)
 
 
+@torch.no_grad()
 def sample_heun(denoiser, x, sigmas, extra_args=None, callback=None, disable=False, S_churn=0.0,
                 S_min=0.0, S_max=float("inf"), S_noise=1.0, randn_like=None):
     """EDM's 2nd-order Heun sampler (Algorithm 2); the step to σ = 0 is an Euler step.
 
-    S_churn > 0 adds noise on S_min <= σ <= S_max, at most √2 − 1 times σ per step.
+    Options: S_churn > 0 adds noise on S_min <= σ <= S_max, at most √2 − 1 times σ per step,
+    scaled by S_noise; randn_like draws it (default torch.randn_like; per-seed noise with
+    StackedRandomGenerator.randn_like).
     """
-    return _edm_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min, S_max,
-                        S_noise, randn_like, second_order=True)
+    return edm_churn_sampler(denoiser, x, sigmas, extra_args, callback, disable, S_churn, S_min,
+                             S_max, S_noise, randn_like, update=_heun_update)
 
 
+@torch.no_grad()
 def sample_ddim(denoiser, x, sigmas, extra_args=None, callback=None, disable=False, eta=0.0,
                 randn_like=None):
     """DDIM(η) in σ-space. η = 0 is Euler's method; on a discrete process's σ list, this equals
-    the discrete DDIM sampler on x/√ᾱ (without x_0 clipping)."""
+    the discrete DDIM sampler on x/√ᾱ (without x_0 clipping).
+
+    Options: eta (default 0), randn_like for the noise when eta > 0 (default torch.randn_like).
+    """
     sigmas, values = check_sigmas(sigmas, x)
+    check_number("eta", eta, low=0)
     extra_args = extra_args or {}
     randn_like = randn_like or torch.randn_like
     for i in sampling_steps(len(values) - 1, disable):
@@ -140,13 +125,18 @@ def sample_ddim(denoiser, x, sigmas, extra_args=None, callback=None, disable=Fal
     return x
 
 
+@torch.no_grad()
 def sample_ddpm(denoiser, x, sigmas, extra_args=None, callback=None, disable=False,
                 randn_like=None):
-    """DDPM's ancestral sampler with Σ = β̃ (the posterior variance), in σ-space: DDIM, η = 1."""
+    """DDPM's ancestral sampler with Σ = β̃ (the posterior variance), in σ-space: DDIM, η = 1.
+
+    Options: randn_like for the noise (default torch.randn_like).
+    """
     return sample_ddim(denoiser, x, sigmas, extra_args, callback, disable, eta=1.0,
                        randn_like=randn_like)
 
 
+@torch.no_grad()
 def sample_dpmpp_2m(denoiser, x, sigmas, extra_args=None, callback=None, disable=False):
     """DPM-Solver++(2M): a deterministic multistep solver, 2nd order from the second step."""
     sigmas, values = check_sigmas(sigmas, x)
@@ -166,12 +156,15 @@ def sample_dpmpp_2m(denoiser, x, sigmas, extra_args=None, callback=None, disable
     return x
 
 
+@torch.no_grad()
 def sample_log_snr_ancestral(denoiser, x, sigmas, extra_args=None, callback=None, disable=False,
                              v=0.3, randn_like=None):
     """Ho & Salimans' ancestral sampler, variance (σ̃²)^(1−v)·(σ²_{λ|λ'})^v.
 
     Takes σ = e^(−λ/2) (LogSNRProcess.sampling_sigmas); x is in EDM's scale, x = z_λ/α_λ.
     A last σ of 0 returns the denoiser's final prediction.
+
+    Options: v (in [0, 1], default 0.3), randn_like for the noise (default torch.randn_like).
     """
     sigmas, values = check_sigmas(sigmas, x)
     if not 0.0 <= v <= 1.0:
@@ -188,8 +181,3 @@ def sample_log_snr_ancestral(denoiser, x, sigmas, extra_args=None, callback=None
             x = steps.log_snr_ancestral_step(x, denoised, sigma, sigma_next, v, randn_like(x))
     return x
 
-
-SAMPLERS = {
-    "euler": sample_euler, "heun": sample_heun, "ddim": sample_ddim, "ddpm": sample_ddpm,
-    "dpmpp_2m": sample_dpmpp_2m, "log_snr_ancestral": sample_log_snr_ancestral,
-}
