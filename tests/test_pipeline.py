@@ -105,3 +105,20 @@ def test_pipeline_bad_arguments():
         pipe(seeds=[0], cfg_scale=-1.0)
     with pytest.raises(ValueError, match="--weak-model digits_classifier is a classifier"):
         ADMPipeline.from_checkpoint("digits_unet", weak_model="digits_classifier")
+
+
+def test_grid_puts_one_class_per_column(tmp_path):
+    from PIL import Image
+    from fastguide.pipeline import save_grid
+    images = np.zeros((7, 4, 4, 1), np.uint8)
+    labels = np.array([2, 0, 2, 1, 0, 2, 1])
+    for k, label in enumerate(labels):
+        images[k] = 50 * (label + 1)  # each tile shows its class
+    save_grid(images, tmp_path / "g.png", min_tile=4, pad=1, labels=labels)
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    assert grid.shape == (3 * 5 + 1, 3 * 5 + 1)  # 3 classes -> 3 columns, 3 of class 2 -> 3 rows
+    for column, label in enumerate((0, 1, 2)):
+        tiles = [grid[1 + 5 * r, 1 + 5 * column] for r in range(3)]
+        members = int((labels == label).sum())
+        assert tiles[:members] == [50 * (label + 1)] * members
+        assert tiles[members:] == [128] * (3 - members)  # empty cells stay grey

@@ -44,10 +44,35 @@ def add_arguments(p):
     p.add_argument("--out", default="demo_out", help="where the PNG grids and results.json go")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier demo in --out")
+    g = p.add_argument_group("--extended: guidance variants at matched settings")
+    g.add_argument("--extended", action="store_true",
+                   help="add rows for CFG with a guidance interval and for autoguidance "
+                        "(the weaker model digits_unet_weak)")
+    g.add_argument("--interval-cfg-scales", type=float_list, default=[2, 4],
+                   help="CFG scales to repeat with --guidance-interval")
+    g.add_argument("--guidance-interval", type=float_list, default=list(INTERVAL),
+                   help="σ_lo,σ_hi of the interval rows (default: Kynkäänniemi et al.'s EDM2 "
+                        "interval)")
+    g.add_argument("--autoguidance-scales", type=float_list, default=[1, 2, 4],
+                   help="autoguidance scales w")
+
+
+INTERVAL = (0.28, 5.42)  # Kynkäänniemi et al. 2024's interval for EDM2-XXL, in σ
+
+
+def _extended_runs(interval_cfg_scales, interval, autoguidance_scales):
+    runs = [("cfg+interval", w, dict(cfg_scale=w, guidance_interval=tuple(interval)))
+            for w in interval_cfg_scales]
+    weak = assets.load("digits_unet_weak")
+    runs += [("autoguidance", w, dict(weak_model=weak, autoguidance_scale=w))
+             for w in autoguidance_scales]
+    return runs
 
 
 def run_demo(cfg_scales, classifier_scales, samples=300, steps=20, sampler="ddim",
-             batch_size=300, out="demo_out", log=print):
+             batch_size=300, out="demo_out", log=print, extended=None):
+    """Sample and measure every row; returns the rows (dicts). extended: None, or
+    (interval CFG scales, (σ_lo, σ_hi), autoguidance scales) for the variant rows."""
     """Sample and measure every row; returns the rows (dicts)."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +86,8 @@ def run_demo(cfg_scales, classifier_scales, samples=300, steps=20, sampler="ddim
     runs = [("cfg", w, dict(cfg_scale=w)) for w in cfg_scales]
     runs += [("classifier", s, dict(classifier=classifier, classifier_scale=s))
              for s in classifier_scales]
+    if extended is not None:
+        runs += _extended_runs(*extended)
     for kind, scale, kw in runs:
         start = time.perf_counter()
         guided = GuidedSampler(model, info["diffusion"], sampler, steps, **kw)
@@ -98,13 +125,13 @@ def _reference_row(evaluator, samples):
             "recall": recall, "seconds": 0.0}
 
 
-HEADER = (f"{'guidance':<12} {'scale':>5} {'accuracy':>8} {'FID':>7} {'precision':>9} "
+HEADER = (f"{'guidance':<13} {'scale':>5} {'accuracy':>8} {'FID':>7} {'precision':>9} "
           f"{'recall':>6} {'time':>6}")
 
 
 def format_row(r):
     scale = "-" if r["scale"] != r["scale"] else f"{r['scale']:g}"
-    return (f"{r['guidance']:<12} {scale:>5} {r['accuracy']:>8.3f} {r['fid']:>7.4f} "
+    return (f"{r['guidance']:<13} {scale:>5} {r['accuracy']:>8.3f} {r['fid']:>7.4f} "
             f"{r['precision']:>9.3f} {r['recall']:>6.3f} {r['seconds']:>5.1f}s")
 
 
@@ -112,8 +139,9 @@ def _write_results(rows, args, seconds):
     """out/results.json: the table with the run's settings and environment (commit, torch)."""
     from ..bench.timing import run_metadata
     payload = {"meta": run_metadata(torch.device("cpu")),
-               "settings": {k: getattr(args, k) for k in ("samples", "steps", "sampler",
-                                                          "cfg_scales", "classifier_scales")},
+               "settings": {k: getattr(args, k) for k in (
+                   "samples", "steps", "sampler", "cfg_scales", "classifier_scales", "extended",
+                   "interval_cfg_scales", "guidance_interval", "autoguidance_scales")},
                "total_seconds": round(seconds, 1),
                "rows": [{k: (None if v != v else v) for k, v in r.items()} for r in rows]}
     path = pathlib.Path(args.out) / "results.json"
@@ -122,7 +150,11 @@ def _write_results(rows, args, seconds):
 
 
 def _check(args):
-    for name in ("cfg_scales", "classifier_scales"):
+    if len(args.guidance_interval) != 2 or args.guidance_interval[0] > args.guidance_interval[1]:
+        raise CLIError(f"--guidance-interval must be SIGMA_LO,SIGMA_HI with SIGMA_LO <= SIGMA_HI, "
+                       f"got {args.guidance_interval}")
+    for name in ("cfg_scales", "classifier_scales", "interval_cfg_scales", "autoguidance_scales",
+                 "guidance_interval"):
         bad = [v for v in getattr(args, name) if v < 0]
         if bad:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {bad[0]:g}")
@@ -140,8 +172,10 @@ def main(args):
     print(f"fastguide demo: {args.samples} digits per scale, {args.sampler} {args.steps} steps, "
           f"{torch.get_num_threads()} CPU threads; grids in {args.out}/")
     print(HEADER)
+    extended = ((args.interval_cfg_scales, args.guidance_interval, args.autoguidance_scales)
+                if args.extended else None)
     rows = run_demo(args.cfg_scales, args.classifier_scales, args.samples, args.steps,
-                    args.sampler, args.batch_size, args.out, log=print)
+                    args.sampler, args.batch_size, args.out, log=print, extended=extended)
     total = time.perf_counter() - start
     _write_results(rows, args, total)
     print(f"total {total:.0f} s. FID and precision/recall use the clean "

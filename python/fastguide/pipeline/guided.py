@@ -18,10 +18,10 @@ import math
 import torch
 
 from ..diffusion import ADMDenoiser, create_gaussian_diffusion, edm_sigmas
-from ..sampling import (ADMClassifierGrad, ClassifierFreeGuidance, ClassifierGuidedDenoiser,
-                        SAMPLERS, StackedRandomGenerator, classifier_log_prob_grad,
-                        ddim_sample_loop_progressive, p_sample_loop_progressive,
-                        without_labels)
+from ..sampling import (SAMPLERS, SCHEDULES, ADMClassifierGrad, ClassifierFreeGuidance,
+                        ClassifierGuidedDenoiser, StackedRandomGenerator,
+                        classifier_log_prob_grad, ddim_sample_loop_progressive,
+                        p_sample_loop_progressive, sampler_options, without_labels)
 from ..sampling.autoguidance import AutoGuidance
 from ..sampling.guidance_scale import RAMPS, GuidanceScale
 from ..sampling.thresholding import DynamicThreshold, ThresholdedDenoiser, static_clip
@@ -50,15 +50,9 @@ def sampler_names():
 
 
 def sigma_options(name):
-    """Option names the σ-sampler `name` accepts (besides denoiser, x, sigmas, ...)."""
-    from ..sampling import samplers as module
-    helper = getattr(module, "sampler_options", None)
-    if helper is not None:
-        return tuple(helper(name))
-    import inspect
-    skip = {"denoiser", "x", "sigmas", "extra_args", "callback", "disable", "randn_like",
-            "noise_sampler"}
-    return tuple(p for p in inspect.signature(SAMPLERS[name]).parameters if p not in skip)
+    """Option names the σ-sampler `name` accepts that a user may set (per-seed noise is the
+    pipeline's own business)."""
+    return tuple(o for o in sampler_options(name) if o not in ("randn_like", "noise_sampler"))
 
 
 def _nearest_in(table):
@@ -68,15 +62,6 @@ def _nearest_in(table):
         index = (sigma.reshape(-1, 1) - table.reshape(1, -1)).abs().argmin(dim=1)
         return table[index].reshape(sigma.shape)
     return round_sigma
-
-
-def _schedules():
-    """name -> schedule function, other than karras (fastguide.sampling.schedules)."""
-    try:
-        from ..sampling.schedules import SCHEDULES
-    except ImportError:
-        return {}
-    return {k: v for k, v in SCHEDULES.items() if k != "karras"}
 
 
 def _accepts(fn, name):
@@ -220,13 +205,13 @@ class GuidedSampler:
             sigmas = edm_sigmas(self.steps, sigma_min, sigma_max, rho=rho,
                                 round_sigma=round_sigma)
         else:
-            available = _schedules()
-            if name not in available:
-                raise OptionError("schedule", f"must be one of {['karras', *available]}, got "
+            if name not in SCHEDULES:
+                raise OptionError("schedule", f"must be one of {sorted(SCHEDULES)}, got "
                                               f"{name!r}")
+            if name == "discrete":
+                options["sigma_table"] = table
             try:
-                sigmas = available[name](self.steps, sigma_min, sigma_max, sigma_table=table,
-                                         **options)
+                sigmas = SCHEDULES[name](self.steps, sigma_min, sigma_max, **options)
             except (TypeError, ValueError) as e:
                 raise OptionError("schedule", f"{name}: {e}") from None
             sigmas = torch.cat([round_sigma(sigmas[:-1]).to(sigmas), sigmas[-1:]])
