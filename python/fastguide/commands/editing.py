@@ -87,7 +87,12 @@ def build_base(args, device):
     for key, value in _SAMPLE_ONLY.items():
         setattr(args, key, value)
     sample._unused_flags(args)
-    pipe, base, _ = user_errors(sample._build, args, device)
+    try:
+        pipe, base, _ = user_errors(sample._build, args, device)
+    except CLIError as e:  # the loaders speak of sample's --model
+        raise CLIError(str(e).replace("--model", "MODEL").replace(
+            "pass it as --upsampler", "super-resolution models run with `fastguide upsample`")
+        ) from None
     sample._check_sizes(pipe, base)
     return pipe, base
 

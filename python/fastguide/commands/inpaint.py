@@ -12,6 +12,7 @@ from ..cliutil import nonnegative_float, nonnegative_int, positive_int, warn
 from ..editing.api import inpaint_job, prepare_inputs
 from ..editing.inpainting import METHODS
 from ..editing.masks import read_mask
+from ..editing.repaint import JUMP_COUNT, JUMP_LENGTH
 from ..train.data import float_to_uint8
 from .editing import (BASE_GROUPS, COMPARE_LIMIT, EditRun, add_common_arguments, announce, build_base,
                       copy_sample_arguments, parse_labels, parse_seeds, save_comparison,
@@ -25,9 +26,6 @@ EXAMPLES = """examples:
   fastguide inpaint 256x256_diffusion.pt --image photo.png --mask hole.png --class-labels 207 \\
       --classifier 256x256_classifier.pt --sampler ddpm --steps 250 --seeds 0-7
 """
-
-JUMP_LENGTH, JUMP_COUNT = 10, 9  # RePaint's ImageNet setting: j = 10, r = 10
-
 
 def add_arguments(p):
     p.description = __doc__
@@ -46,7 +44,8 @@ def add_arguments(p):
                    help="repaint: RePaint's resampling schedule; replace: the baseline that "
                         "replaces the known region by q(x_t | x0) after every step")
     g.add_argument("--jump-length", type=positive_int, default=None, metavar="J",
-                   help=f"RePaint: steps per jump back (default {JUMP_LENGTH}; below --steps)")
+                   help=f"RePaint: steps per jump back (default {JUMP_LENGTH}, or --steps - 1 "
+                        "when that is less; below --steps)")
     g.add_argument("--jump-count", type=nonnegative_int, default=None, metavar="R",
                    help=f"RePaint: jumps back at each jump point (default {JUMP_COUNT}; RePaint's "
                         "jump_n_sample minus 1; 0 is the baseline)")
@@ -54,19 +53,19 @@ def add_arguments(p):
 
 
 def _jumps(args):
-    if args.method == "replace":
-        for flag in ("jump_length", "jump_count"):
-            if getattr(args, flag) is not None:
-                warn(f"--{flag.replace('_', '-')} does not apply to --method replace; ignored")
-        return JUMP_LENGTH, JUMP_COUNT
-    return (JUMP_LENGTH if args.jump_length is None else args.jump_length,
-            JUMP_COUNT if args.jump_count is None else args.jump_count)
+    """The jump flags, announced and dropped when --method replace takes none."""
+    if args.method == "repaint":
+        return args.jump_length, args.jump_count
+    for flag in ("jump_length", "jump_count"):
+        if getattr(args, flag) is not None:
+            warn(f"--{flag.replace('_', '-')} does not apply to --method replace; ignored")
+    return None, None
 
 
 def main(args):
     seeds, labels = parse_seeds(args), parse_labels(args)
-    device = setup_device(args)
     jump_length, jump_count = _jumps(args)
+    device = setup_device(args)
     pipe, gs = build_base(args, device)
     inputs = user_errors(prepare_inputs, gs, args.image, seeds, labels, "--image", "--seeds")
     mask = user_errors(read_mask, args.mask, inputs.images.shape[-1], len(inputs.images),
@@ -76,7 +75,7 @@ def main(args):
     announce(pipe.notes + gs.notes + inputs.notes + notes)
     if args.method == "repaint":
         print(f"RePaint: {job.num_steps} sampler steps per image ({gs.num_steps} without "
-              f"resampling; jump length {jump_length}, {jump_count} jumps back per point)")
+              "resampling)")
     c, h, w = gs.image_shape()
     run = EditRun(args, (h, w, c), ["compare.png"])
     run.check(inputs.seeds)

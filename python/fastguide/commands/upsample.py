@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ..cliutil import positive_int
+from ..cliutil import CLIError, positive_int
 from ..editing.api import load_upsampler, prepare_inputs
 from ..editing.jobs import EditJob
 from ..editing.superres import given_images
@@ -54,9 +54,13 @@ def add_arguments(p):
 
 def _build(args, device):
     options = sample._shape_options(args, "")
-    loaded, settings, size, notes = user_errors(
-        load_upsampler, args.model, device, args.dtype, args.noise_schedule,
-        args.diffusion_steps, args.image_size, args.low_res_size, options, option="MODEL")
+    try:
+        loaded, settings, size, notes = user_errors(
+            load_upsampler, args.model, device, args.dtype, args.noise_schedule,
+            args.diffusion_steps, args.image_size, args.low_res_size, options, option="MODEL")
+    except CLIError as e:  # the loader's hint is sample's
+        raise CLIError(str(e).replace("a base model goes to --model", "base models are edited "
+                                      "with inpaint, img2img and invert")) from None
     args.classifier_scale, args.autoguidance_scale = None, 0.0  # not options of this command
     gs = user_errors(GuidedSampler, loaded.model, settings, args.sampler, args.steps,
                      schedule=args.schedule, schedule_options=sample._schedule_options(args),

@@ -59,15 +59,15 @@ def prepare_inputs(gs, images, seeds=None, class_labels=None, option="images",
     if len(seeds) < len(x):
         notes.append(f"{len(x)} images but {len(seeds)} seeds: only the first {len(seeds)} "
                      "images are edited")
-    return EditInputs(x, seeds, output_labels(gs, class_labels, file_labels, len(seeds)), notes)
+    labels = output_labels(gs, class_labels, file_labels, len(seeds), option)
+    return EditInputs(x, seeds, labels, notes)
 
 
-def output_labels(gs, class_labels, file_labels, count):
+def output_labels(gs, class_labels, file_labels, count, option="images"):
     """Each output's label: class_labels cycled, else the images' own (arr_1), else None.
     An unconditional model carries the images' labels through unused; a run on the null label
     has none."""
     k = gs.num_classes
-    source = "class_labels" if class_labels is not None else None
     labels = cycle([int(c) for c in class_labels] if class_labels is not None else (
         None if file_labels is None else file_labels.tolist()), count)
     if k is None:
@@ -83,9 +83,11 @@ def output_labels(gs, class_labels, file_labels, count):
                                           "arr_1); give class labels, or run the model on its "
                                           "null label (--unconditional)")
     bad = sorted({c for c in labels or () if not 0 <= c < k})
+    if bad and class_labels is not None:
+        raise OptionError("class_labels", f"{bad[:10]} are outside 0..{k - 1}")
     if bad:
-        where = "" if source else " (the images' arr_1)"
-        raise OptionError("class_labels", f"{bad[:10]}{where} are outside 0..{k - 1}")
+        raise InputError(f"{option}: its labels (arr_1) {bad[:10]} are outside 0..{k - 1}, the "
+                         "model's classes; give class labels instead")
     return None if null_label_run else labels  # the null label: the images depend on none
 
 
@@ -121,23 +123,23 @@ def mask_note(mask):
     return None
 
 
-def inpaint_job(gs, inputs, mask, method="repaint", jump_length=10, jump_count=9):
+def inpaint_job(gs, inputs, mask, method="repaint", jump_length=None, jump_count=None):
     """(EditJob, notes) inpainting inputs where mask (a Mask) says."""
-    schedule = inpainting.inpaint_schedule(gs, method, jump_length, jump_count)
+    schedule, notes = inpainting.inpaint_schedule(gs, method, jump_length, jump_count)
 
     def edit(gs, x0, seeds, kwargs, on_step, inpaint_mask):
         return inpainting.inpaint(gs, x0, inpaint_mask, seeds, kwargs, schedule, on_step)
     job = EditJob(gs, inputs.images, inputs.seeds, edit, denoising_steps(schedule),
                   {"inpaint_mask": mask.inpaint})
-    return job, [n for n in (mask.note, mask_note(mask)) if n]
+    return job, notes + [n for n in (mask.note, mask_note(mask)) if n]
 
 
 def inpaint(pipe, images, mask, seeds=None, class_labels=None, *, method="repaint",
-            jump_length=10, jump_count=9, mask_threshold=None, invert_mask=False,
+            jump_length=None, jump_count=None, mask_threshold=None, invert_mask=False,
             batch_size=64, progress=True, output_type="np", cache=None, **options):
     """Generate the masked pixels (mask: white / True = inpaint) of each image; see
-    inpainting.py for method "replace" (the baseline) and "repaint" (jump_length,
-    jump_count)."""
+    inpainting.py for method "replace" (the baseline) and "repaint" (jump_length, jump_count;
+    RePaint's 10 and 9 by default, the length shortened to fit fewer steps)."""
     gs = _guided(pipe, options)
     inputs = prepare_inputs(gs, images, seeds, class_labels)
     m = read_mask(mask, inputs.images.shape[-1], len(inputs.images), mask_threshold,
@@ -232,7 +234,7 @@ def decode_job(gs, latents, seeds=None, labels=None):
 
     def edit(gs, x0, seeds, kwargs, on_step):
         return inversion.decode(gs, x0, seeds, kwargs, on_step)
-    return EditJob(gs, latents, seeds, edit, inversion.inversion_steps(gs) + 1), inputs
+    return EditJob(gs, latents, seeds, edit, gs.num_steps), inputs
 
 
 def decode(pipe, latents, labels=None, seeds=None, *, batch_size=64, progress=True,

@@ -21,22 +21,27 @@ import torch
 from ..pipeline.guided import OptionError
 from ..sampling import StackedRandomGenerator
 from .core import EditNoise, num_positions, q_sample_at, renoise, run_down
-from .repaint import check_jumps, repaint_schedule, runs
+from .repaint import check_jumps, default_jumps, repaint_schedule, runs
 
 __all__ = ["METHODS", "inpaint_schedule", "inpaint", "KnownRegionDenoiser"]
 
 METHODS = ("repaint", "replace")
 
 
-def inpaint_schedule(gs, method="repaint", jump_length=10, jump_count=9):
-    """The positions an inpainting run visits (repaint.py), checked against the sampler."""
+def inpaint_schedule(gs, method="repaint", jump_length=None, jump_count=None):
+    """(the positions an inpainting run visits (repaint.py), notes): jump settings left None
+    take RePaint's defaults (default_jumps); given ones must fit the sampler's steps."""
     if method not in METHODS:
         raise OptionError("method", f"must be one of {list(METHODS)}, got {method!r}")
     n = num_positions(gs)
     if method == "replace":
-        return list(range(n - 1, -2, -1))
+        given = [k for k, v in (("jump_length", jump_length), ("jump_count", jump_count))
+                 if v is not None]
+        notes = [f"{k} does not apply to method replace; ignored" for k in given]
+        return list(range(n - 1, -2, -1)), notes
+    jump_length, jump_count, note = default_jumps(n, jump_length, jump_count)
     check_jumps(n, jump_length, jump_count)
-    return repaint_schedule(n, jump_length, jump_count)
+    return repaint_schedule(n, jump_length, jump_count), [note] if note else []
 
 
 class KnownRegionDenoiser(torch.nn.Module):

@@ -35,7 +35,7 @@ def _pil_array(im, where):
                          "supported; save it as an 8-bit grey or RGB PNG")
     if im.mode in ("1", "P", "CMYK", "YCbCr"):
         im = im.convert("L" if im.mode == "1" else "RGB")
-    array = np.asarray(im, dtype=np.uint8)
+    array = np.array(im, dtype=np.uint8)  # a writable copy
     return array[..., None] if array.ndim == 2 else array
 
 

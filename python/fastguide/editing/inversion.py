@@ -1,17 +1,19 @@
 """DDIM inversion: run the deterministic sampler's ODE backwards, image -> noise, so that
 sampling the result with the same steps gives the image back (up to the discretisation).
 
-    ddim_reverse_sample_loop   guided-diffusion's ddim_reverse_sample step, looped: from x₀ up
-                               the respaced process to position N−1, where ddim_sample_loop
-                               starts (Song et al. 2021, §4.3; Dhariwal & Nichol 2021, App. F)
+    ddim_reverse_sample_loop   DDIM's update run upwards, step by step, from x₀ to position
+                               N−1 of the respaced process, where ddim_sample_loop starts
+                               (Song et al. 2021, §4.3; guided-diffusion's ddim_reverse_sample
+                               for every step but the first)
     probability_flow_inversion the probability-flow ODE dx/dσ = (x − D(x, σ))/σ integrated
                                upwards over a σ schedule with Euler or Heun steps (EDM's view)
 
-Both start by treating the clean image as the sampler's last noisy position (ᾱ₀ ≈ 1, σ_min ≈ 0;
-the sampler's last step, which lands on its own x₀ prediction, has no exact inverse), then
-take N − 1 steps up, each evaluating the network at the lower level of its step, as DDIM
-inversion does. Sampling back takes N steps, evaluating at the upper level: the mismatch is the
-reconstruction error, and it shrinks as N grows (first order for ddim / euler, second for heun).
+Each of the N steps undoes one step of the sampler, evaluating the network at the lower noise
+level of the step where sampling evaluates it at the upper one; that mismatch is the whole
+reconstruction error, it shrinks as N grows (first order for ddim / euler, second for heun),
+and where ε does not change along the path the round trip is exact. The first step lifts the
+clean image to the sampler's last noisy position, x = √ᾱ₀·x₀ + √(1 − ᾱ₀)·ε(x₀, t₀) (σ-space:
+x = x₀ + σ_min·ε), the inverse of the sampler's last step, which lands on its x₀ prediction.
 """
 import torch
 
@@ -30,18 +32,32 @@ INVERTIBLE = ("ddim", "euler", "heun")
 def ddim_reverse_sample_loop_progressive(diffusion, model, x, clip_denoised=True,
                                          denoised_fn=None, cond_fn=None, model_kwargs=None,
                                          progress=False):
-    """Yield ddim_reverse_sample's output at every step, from position 0 up to N−1."""
+    """Yield each step's output (the first lifts the clean x to position 0, the others are
+    ddim_reverse_sample from position i to i + 1), N in all."""
     if not torch.is_tensor(x) or x.dim() < 2:
         raise ValueError(f"x must be a batch of images [B, C, ...], got {type(x).__name__}")
-    indices = range(diffusion.num_timesteps - 1)
-    for i in sampling_steps(indices, disable=not progress):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+    for i in sampling_steps(range(-1, diffusion.num_timesteps - 1), disable=not progress):
+        t = torch.full((x.shape[0],), max(i, 0), device=x.device, dtype=torch.long)
         with torch.no_grad():
-            out = ddim_reverse_sample(diffusion, model, x, t, clip_denoised=clip_denoised,
-                                      denoised_fn=denoised_fn, model_kwargs=model_kwargs,
-                                      cond_fn=cond_fn)
+            if i < 0:
+                out = _lift_clean(diffusion, model, x, t, cond_fn, model_kwargs)
+            else:
+                out = ddim_reverse_sample(diffusion, model, x, t, clip_denoised=clip_denoised,
+                                          denoised_fn=denoised_fn, model_kwargs=model_kwargs,
+                                          cond_fn=cond_fn)
         yield out
         x = out["sample"]
+
+
+def _lift_clean(diffusion, model, x, t, cond_fn, model_kwargs):
+    """Clean x -> position 0: √ᾱ₀·x + √(1 − ᾱ₀)·ε(x, t₀), the inverse of DDIM's last step
+    x̂₀ = (x_0 − √(1 − ᾱ₀)·ε)/√ᾱ₀ when ε is the same at both ends."""
+    out = diffusion.p_mean_variance(model, x, t, clip_denoised=False, model_kwargs=model_kwargs)
+    if cond_fn is not None:
+        out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
+    eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
+    alpha_bar = diffusion.coef("alphas_cumprod", t, x)
+    return {"sample": alpha_bar.sqrt() * x + (1 - alpha_bar).sqrt() * eps, "pred_xstart": x}
 
 
 def ddim_reverse_sample_loop(diffusion, model, x, clip_denoised=True, denoised_fn=None,
@@ -57,27 +73,30 @@ def ddim_reverse_sample_loop(diffusion, model, x, clip_denoised=True, denoised_f
 
 def probability_flow_inversion(denoiser, x, sigmas, method="euler", extra_args=None,
                                callback=None, disable=True):
-    """Integrate dx/dσ = (x − D(x, σ))/σ upwards from x at the smallest nonzero σ of sigmas
-    (a sampling schedule: decreasing, usually ending in 0) to its largest. Returns x at σ_max,
-    the start of sample_euler / sample_heun over the same sigmas."""
+    """Integrate dx/dσ = (x − D(x, σ))/σ upwards from the clean x (σ = 0) over the nonzero σ of
+    sigmas (a sampling schedule: decreasing, usually ending in 0) to its largest. Returns x at
+    σ_max, where sample_euler / sample_heun over the same sigmas start. The first step, from
+    σ = 0 to σ_min, is an Euler step with the slope at (x, σ_min), as the sampler's last step
+    is Euler; the others are `method` steps."""
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     levels = [s for s in torch.as_tensor(sigmas, dtype=torch.float64).tolist() if s > 0]
-    if any(b >= a for a, b in zip(levels, levels[1:])):
-        raise ValueError("sigmas must be strictly decreasing")
+    if not levels or any(b >= a for a, b in zip(levels, levels[1:])):
+        raise ValueError("sigmas must be strictly decreasing with at least one level above 0")
     levels = levels[::-1]
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     with torch.no_grad():
-        for i in sampling_steps(len(levels) - 1, disable):
-            sigma, sigma_next = levels[i], levels[i + 1]
+        for i in sampling_steps(len(levels), disable):
+            sigma_next = levels[i]
+            sigma = levels[i - 1] if i else sigma_next  # the first slope: at σ_min
             denoised = denoiser(x, sigma * ones, **extra_args)
-            x_next = steps.euler_step(x, denoised, sigma, sigma_next)
-            if method == "heun":
+            x_next = x + (sigma_next - (sigma if i else 0.0)) * (x - denoised) / sigma
+            if method == "heun" and i:
                 denoised_next = denoiser(x_next, sigma_next * ones, **extra_args)
                 x_next = steps.heun_step(x, denoised, x_next, denoised_next, sigma, sigma_next)
             if callback is not None:
-                callback({"x": x, "i": i, "sigma": sigma, "denoised": denoised})
+                callback({"x": x, "i": i, "sigma": sigma_next, "denoised": denoised})
             x = x_next
     return x
 
@@ -115,8 +134,8 @@ def invert(gs, x0, kwargs, on_step=None):
 
 
 def inversion_steps(gs):
-    """Network steps of one inversion (a progress bar's total)."""
-    return num_positions(gs) - 1
+    """Steps of one inversion (a progress bar's total): one per sampling step."""
+    return num_positions(gs)
 
 
 def decode(gs, latents, seeds, kwargs, on_step=None):

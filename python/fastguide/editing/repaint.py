@@ -11,7 +11,25 @@ schedule: RePaint then equals the replacement baseline.
 """
 from ..pipeline.guided import OptionError
 
-__all__ = ["repaint_schedule", "check_jumps", "denoising_steps", "runs"]
+__all__ = ["repaint_schedule", "check_jumps", "default_jumps", "denoising_steps", "runs",
+           "JUMP_LENGTH", "JUMP_COUNT"]
+
+JUMP_LENGTH, JUMP_COUNT = 10, 9  # RePaint's ImageNet setting: j = 10, r = 10
+
+
+def default_jumps(num_steps, jump_length=None, jump_count=None):
+    """(jump_length, jump_count, note or None): RePaint's defaults for those not given, the
+    length shortened to fit a short schedule (with a note); given values are kept."""
+    count = JUMP_COUNT if jump_count is None else jump_count
+    if jump_length is not None:
+        return jump_length, count, None
+    if num_steps > JUMP_LENGTH or not count:
+        return JUMP_LENGTH, count, None
+    if num_steps < 2:
+        return JUMP_LENGTH, 0, ("RePaint cannot jump back in a 1-step schedule: this is the "
+                                "replacement baseline")
+    return num_steps - 1, count, (f"the default jump length {JUMP_LENGTH} does not fit "
+                                  f"{num_steps} steps; using {num_steps - 1}")
 
 
 def check_jumps(num_steps, jump_length, jump_count):
