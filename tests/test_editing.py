@@ -287,3 +287,51 @@ def test_masks_white_is_inpainted_and_grey_needs_a_threshold(tmp_path):
     assert editing.read_mask(np.eye(8, dtype=bool), 8).inpaint.sum() == 8
     with pytest.raises(editing.InputError, match="not binary"):
         editing.read_mask(np.full((8, 8), 0.5), 8)
+
+
+def test_inversion_composes_with_guidance(digits):
+    """CFG and classifier guidance invert too (the reverse step shifts the score as the
+    sampler does). Measured RMSE at 20 steps: ddim + CFG w = 1 0.071 (unguided 0.056), heun +
+    classifier s = 1 0.0087 (unguided 0.0025); bounds 1.5x and 2.3x that."""
+    images, labels = digits
+    pipe = ADMPipeline.from_checkpoint("digits_unet", classifier="digits_classifier")
+    cfg = editing.invert(pipe, images, labels, sampler="ddim", steps=20, cfg_scale=1.0,
+                         progress=False)
+    clf = editing.invert(pipe, images, labels, sampler="heun", steps=20, classifier_scale=1.0,
+                         progress=False)
+    assert cfg.rmse.mean() < 0.11 and clf.rmse.mean() < 0.02, (cfg.rmse, clf.rmse)
+
+
+# ---- super-resolution of given images ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def upsampler(tmp_path_factory):
+    """A small random-weight 8 -> 32 super-resolution UNet (the shipped models have none)."""
+    from fastguide import save_model
+    from fastguide.nn.unet import SuperResUNet
+    torch.manual_seed(0)
+    model = SuperResUNet(image_size=32, in_channels=1, model_channels=32, out_channels=1,
+                         num_res_blocks=1, attention_resolutions=(), channel_mult=(1, 2),
+                         num_classes=10)
+    return save_model(model, tmp_path_factory.mktemp("sr") / "sr.safetensors")
+
+
+def test_upsampling_given_images_is_the_second_stage_of_sample(upsampler, tmp_path):
+    from PIL import Image
+    seeds, labels = [4, 8, 15], [1, 7, 3]
+    two_stage = ADMPipeline.from_checkpoint("digits_unet", upsampler=upsampler)
+    both = two_stage(seeds, labels, sampler="ddim", steps=3, upsample_steps=3, progress=False)
+    base = ADMPipeline.from_checkpoint("digits_unet")(seeds, labels, sampler="ddim", steps=3,
+                                                      progress=False)
+    np.savez(tmp_path / "base.npz", base.images, base.labels)
+    out = editing.upsample(upsampler, tmp_path / "base.npz", seeds, steps=3, progress=False)
+    assert out.images.shape == (3, 32, 32, 1)
+    np.testing.assert_array_equal(out.images, both.images)
+    np.testing.assert_array_equal(out.labels, labels)  # from arr_1
+    folder = tmp_path / "pngs"  # a folder of PNGs, labels given
+    folder.mkdir()
+    for k, image in enumerate(base.images):
+        Image.fromarray(image[..., 0]).save(folder / f"{k}.png")
+    again = editing.upsample(upsampler, folder, seeds, labels, steps=3, progress=False)
+    np.testing.assert_array_equal(again.images, both.images)
+    assert any("assuming 8px" in n for n in out.notes)  # no record of its low resolution
