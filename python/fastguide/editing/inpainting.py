@@ -54,7 +54,8 @@ class KnownRegionDenoiser(torch.nn.Module):
         self.round_sigma = getattr(denoiser, "round_sigma", None)
 
     def forward(self, x, sigma, **kwargs):
-        column = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+        column = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(
+            -1, *([1] * (x.dim() - 1)))
         x = torch.where(self.inpaint, x, self.x0 + column * self.noise.randn_like(x))
         return torch.where(self.inpaint, self.denoiser(x, sigma, **kwargs), self.x0)
 
