@@ -29,6 +29,10 @@ _MODULE_COMMANDS = {
     "sample": (".commands.sample", "sample images (npz + PNG grid / per-seed PNGs)"),
     "train": (".train.run", "train a diffusion model or a noisy classifier"),
     "convert": (".commands.convert", "guided-diffusion .pt -> fastguide .safetensors + .json"),
+    "inpaint": (".commands.inpaint", "inpaint masked pixels of given images (RePaint)"),
+    "img2img": (".commands.img2img", "SDEdit: noise given images part way, then sample"),
+    "invert": (".commands.invert", "DDIM / probability-flow inversion: images -> noise"),
+    "upsample": (".commands.upsample", "super-resolve given low-resolution images (ADM-U)"),
 }
 
 # Errors a user causes (a missing file, a refused overwrite, ...): one line, exit status 2.

@@ -404,10 +404,20 @@ class GuidedSampler:
     def _sigma_sample(self, rng, shape, kwargs, device, on_step):
         sigmas = self.sigmas.to(device)
         x = rng.randn(shape, device=device) * sigmas[0].to(torch.float32)
+        out = self.sigma_steps(x, sigmas, kwargs, rng, on_step)
+        return out.clamp(-1, 1) if self.clip_denoised else out
+
+    def sigma_steps(self, x, sigmas, kwargs, rng, on_step=None, denoiser=None):
+        """The σ-sampler run from x at sigmas[0] over sigmas (all of self.sigmas, or a part of
+        it, as image editing does), drawing its noise from rng; denoiser defaults to
+        self.denoiser(). No final clamp."""
         callback = (lambda info: on_step()) if on_step is not None else None
         fn = SAMPLERS[self.sampler]
         noise = {"randn_like": rng.randn_like} if _accepts(fn, "randn_like") else {}
         with torch.no_grad():  # guidance that needs autograd enables it inside the denoiser
-            out = fn(self.denoiser(), x, sigmas, extra_args=kwargs, callback=callback,
-                     disable=True, **noise, **self.sampler_options)
-        return out.clamp(-1, 1) if self.clip_denoised else out
+            return fn(self.denoiser() if denoiser is None else denoiser, x, sigmas.to(x.device), extra_args=kwargs,
+                      callback=callback, disable=True, **noise, **self.sampler_options)
+
+    def cond_fn(self):
+        """The discrete loops' cond_fn (classifier and x0 guidance), or None without them."""
+        return self._discrete_cond_fn()

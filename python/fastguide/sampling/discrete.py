@@ -74,12 +74,15 @@ def ddim_sample(diffusion, model, x, t, clip_denoised=True, denoised_fn=None, co
 
 
 def ddim_reverse_sample(diffusion, model, x, t, clip_denoised=True, denoised_fn=None,
-                        model_kwargs=None, eta=0.0):
-    """The deterministic DDIM ODE run forwards, x_t → x_{t+1} (encoding)."""
+                        model_kwargs=None, eta=0.0, cond_fn=None):
+    """The deterministic DDIM ODE run forwards, x_t → x_{t+1} (encoding). cond_fn shifts the
+    score as ddim_sample does (classifier guidance)."""
     if eta != 0.0:
         raise ValueError("the reverse ODE is only defined for eta = 0")
     out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised,
                                     denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+    if cond_fn is not None:
+        out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
     eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
     alpha_bar_next = diffusion.coef("alphas_cumprod_next", t, x)
     sample = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
