@@ -2,6 +2,8 @@
 command (see README.md here and docs/training.md):
 
     digits_unet              class-conditional UNet with a null class, CFG-trained, 8x8 digits
+    digits_unet_weak         the same training run stopped at step 300 of 1500: the weaker
+                             model that autoguidance (Karras et al. 2024) steers away from
     digits_classifier        noisy classifier (guided-diffusion --noised), for classifier guidance
     digits_clean_classifier  classifier of clean digits: the metrics' feature extractor
 
