@@ -7,7 +7,8 @@ from . import sampling
 from .nn.checkpoint import load_checkpoint, save_model
 from . import pipeline
 from .pipeline import ADMPipeline
+from . import editing
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "ops", "nn", "diffusion", "sampling", "pipeline", "ADMPipeline",
+__all__ = ["build_info", "ops", "nn", "diffusion", "sampling", "pipeline", "ADMPipeline", "editing",
            "load_checkpoint", "save_model", "__version__"]

@@ -171,7 +171,8 @@ class EditRun:
         self.cache = cache
         try:
             return generate(job, seeds, labels, self.args.batch_size, device, upsampler,
-                            progress=not self.args.no_progress, cache=cache)
+                            progress=not self.args.no_progress, cache=cache,
+                            desc=self.args.command)
         except KeyboardInterrupt:
             raise SystemExit(sample._interrupted(cache, self.out)) from None
         except NonFiniteSamples as e:

@@ -54,7 +54,7 @@ def _sample_batch(sampler, upsampler, seeds, labels, device, on_step):
 
 
 def generate(sampler, seeds, labels, batch_size=64, device="cpu", upsampler=None,
-             progress=False, cache=None):
+             progress=False, cache=None, desc="sample"):
     """(uint8 NHWC images, labels) for every seed, in seed order. Under torch.distributed each
     rank samples its share (rank_batches) and rank 0 gets the gathered result; the other ranks
     get (None, None), so no rank but 0 holds the whole set in memory. cache (a BatchCache)
@@ -63,7 +63,7 @@ def generate(sampler, seeds, labels, batch_size=64, device="cpu", upsampler=None
     mine = [b.tolist() for b in rank_batches(positions, batch_size, dist_util.rank(),
                                              dist_util.world_size()) if len(b)]
     per_batch = sampler.num_steps + (upsampler.num_steps if upsampler is not None else 0)
-    bar = tqdm(total=len(mine) * per_batch, desc="sample", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=len(mine) * per_batch, desc=desc, unit="step", dynamic_ncols=True,
                disable=not (progress and dist_util.is_main()))
     parts, reused = [], 0
     with bar:
