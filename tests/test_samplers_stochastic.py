@@ -113,9 +113,11 @@ def test_noise_sampler_replaces_randn_like_and_both_is_an_error():
 # ---- the Brownian tree ---------------------------------------------------------------------
 
 
-def test_brownian_increments_have_the_law_of_one_brownian_path():
-    x = torch.zeros(2, 50_000, dtype=torch.float64)
-    tree = BrownianTreeNoiseSampler(x, 0.01, 50.0, seeds=[5, 6])
+@pytest.mark.parametrize("shape", [(2, 20_000), (10_000, 4)],
+                         ids=["per-image generators", "hashed draws for small samples"])
+def test_brownian_increments_have_the_law_of_one_brownian_path(shape):
+    x = torch.zeros(shape, dtype=torch.float64)
+    tree = BrownianTreeNoiseSampler(x, 0.01, 50.0, seeds=list(range(5, 5 + shape[0])))
     a, b, c = 20.0, 3.0, 0.5
     ab, bc, ac = tree(a, b), tree(b, c), tree(a, c)
     for z in (ab, bc, ac, tree(50.0, 0.01)):
@@ -129,8 +131,9 @@ def test_brownian_increments_have_the_law_of_one_brownian_path():
     torch.testing.assert_close(ac * math.sqrt(a - c), ab * math.sqrt(a - b) + bc * math.sqrt(b - c))
 
 
-def test_brownian_tree_values_do_not_depend_on_the_order_of_queries():
-    x = torch.zeros(3, 4)
+@pytest.mark.parametrize("size", [4, 600])  # hashed draws / per-image generators
+def test_brownian_tree_values_do_not_depend_on_the_order_of_queries(size):
+    x = torch.zeros(3, size)
     levels = [80.0, 31.0, 7.5, 2.0, 0.4, 0.05, 0.002]
     forward = BrownianTreeNoiseSampler(x, 0.002, 80.0, seeds=[1, 2, 3])
     backward = BrownianTreeNoiseSampler(x, 0.002, 80.0, seeds=[1, 2, 3])

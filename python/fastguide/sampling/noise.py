@@ -16,8 +16,10 @@ Brownian bridge between its neighbours,
     W(σ_m) | W(σ_a), W(σ_b) ~ N(W(σ_a) + (σ_m − σ_a)/(σ_b − σ_a)·(W(σ_b) − W(σ_a)),
                                 (σ_m − σ_a)(σ_b − σ_m)/(σ_b − σ_a)),
 
-with the normal draw of each node seeded from (image seed, node). So image k's path depends
-only on its seed: the same images come out whatever the batch. The bisection halves log σ (so
+with the normal draw of each node seeded from (image seed, node): one torch.Generator per image,
+re-seeded per node, or, for samples of fewer than 512 values, a counter-based hash of (seed, node,
+position) computed for the whole batch at once. Either way image k's path depends only on its
+seed (and its size): the same images come out whatever the batch. The bisection halves log σ (so
 the leaves are as fine at σ = 0.002 as at σ = 80), and at a leaf W(σ) is a last bridge draw
 at σ itself. Points in different leaves are exactly jointly Brownian; two queries closer than
 the leaf width (tol, in log σ; 10⁻³ by default, far below any practical step) are drawn apart.
@@ -81,13 +83,24 @@ class BrownianTreeNoiseSampler:
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.u_lo, self.u_hi = math.log(sigma_min), math.log(sigma_max)
         self.depth = max(1, math.ceil(math.log2((self.u_hi - self.u_lo) / tol)))
-        self.generators = [torch.Generator(self.device) for _ in seeds]
+        self.numel = math.prod(self.shape)
+        if self.numel < _HASH_BELOW:
+            # small samples: one counter-based draw for the whole batch (see _hash_normals)
+            words = torch.tensor([[s & _M32, (s >> 32) & _M32] for s in seeds], dtype=torch.int64)
+            self.seed_words = words.to(self.device)
+            self.counters = _hash32(torch.arange(self.numel, dtype=torch.int64,
+                                                 device=self.device))
+        else:
+            self.generators = [torch.Generator(self.device) for _ in seeds]
         self.w_lo = torch.zeros((batch, *self.shape), dtype=self.dtype, device=self.device)
         self.w_hi = math.sqrt(sigma_max - sigma_min) * self._draw(_ROOT)
         self._nodes = collections.OrderedDict()  # the last few query paths (an LRU)
         self._values = collections.OrderedDict()  # W at the last few queried σ
 
     def _draw(self, *key):
+        if self.numel < _HASH_BELOW:
+            return _hash_normals(self.seed_words, self.counters, _mix(*key), self.shape,
+                                 self.dtype)
         draws = []
         for seed, g in zip(self.seeds, self.generators):
             g.manual_seed(_mix(seed, *key))
@@ -152,6 +165,38 @@ class BrownianTreeNoiseSampler:
             raise ValueError(f"an increment needs two different noise levels, got {sigma} twice")
         increment = (self.W(sigma_next) - self.W(sigma)) / math.sqrt(abs(sigma_next - sigma))
         return increment.to(self.out_dtype)
+
+
+_M32 = 0xFFFFFFFF
+_HASH_BELOW = 512  # samples with fewer values draw by hashing, larger ones from torch.Generator
+
+
+def _mul32(x, c):
+    # x·c mod 2³² for int64 tensors x in [0, 2³²): 16-bit halves keep every product below 2⁴⁹.
+    return (x * (c & 0xFFFF) + ((x * (c >> 16)) & 0xFFFF) * 65536) & _M32
+
+
+def _hash32(x):
+    """Wellons' "lowbias32" integer hash on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash_normals(seed_words, counters, node, shape, dtype):
+    """N(0, 1) draws for every image at one node, as a function of (image seed, node, position)
+    only: a counter-based generator (hash, then the inverse normal CDF of a 53-bit uniform),
+    vectorized over the batch. For many small samples (a 2-D toy, a batch of 1000) this replaces
+    one torch.Generator call per image and node, which costs ~25 µs each."""
+    k1, k2 = node & _M32, (node >> 32) & _M32
+    w1 = _hash32(_hash32(seed_words[:, 0] ^ k1) ^ seed_words[:, 1])[:, None]
+    w2 = _hash32(_hash32(seed_words[:, 1] ^ k2) ^ seed_words[:, 0])[:, None]
+    a = _hash32(_hash32(counters ^ w1) ^ w2)
+    b = _hash32(_hash32(counters ^ w2) ^ w1)
+    u = ((a * 2097152 + (b >> 11)).to(torch.float64) + 0.5) * 2.0 ** -53
+    return torch.special.ndtri(u).reshape(-1, *shape).to(dtype)
 
 
 def _float_bits(value):
