@@ -192,6 +192,9 @@ def _sampler_options(args):
 
 def _schedule_options(args):
     sigma = args.sampler not in DISCRETE_SAMPLERS
+    if args.sampler == "dpm_solver_fast" and (args.schedule or args.rho is not None):
+        warn("dpm_solver_fast chooses its own steps (uniform in log σ between the schedule's "
+             "ends): --schedule and --rho change only those ends")
     if args.rho is not None and not sigma:
         warn(f"--rho does not apply to --sampler {args.sampler} (no σ schedule); ignored")
     if args.rho is not None and sigma and (args.schedule or "karras") not in (

@@ -23,6 +23,8 @@ def edm_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0, device=None,
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
     i = torch.arange(num_steps, dtype=dtype, device=device)
     ramp = i / max(num_steps - 1, 1)
     max_inv, min_inv = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
