@@ -54,6 +54,7 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     state = digits_unet(null_class=False).state_dict()
     torch.save({k: v for k, v in state.items() if k != "out.2.weight"}, d / "missing.pt")
+    torch.save(state, d / "custom.pt")  # not a released architecture: no recorded image size
     bad_conv = dict(state, **{"input_blocks.0.0.weight": torch.randn(32, 5, 3, 3)})
     torch.save(bad_conv, d / "conv.pt")
     (d / "a_file").write_text("not a directory\n")
@@ -114,7 +115,8 @@ MISTAKES = {
                             ["--seeds", "more than"]),
     "bad seed string": (lambda f: [*S[:-2], "--seeds", "0-x"], ["--seeds '0-x'"]),
     "reversed seed range": (lambda f: [*S[:-2], "--seeds", "9-3"], ["--seeds '9-3'"]),
-    "label out of range": (lambda f: [*S, "--class-labels", "12"], ["outside 0..9"]),
+    "label out of range": (lambda f: [*S, "--class-labels", "12"], ["--class-labels",
+                                                                   "outside 0..9"]),
     "unknown model name": (lambda f: ["sample", "--model", "imagenet9000_cond"],
                            ["--model", "unknown model 'imagenet9000_cond'"]),
     # output
@@ -175,8 +177,9 @@ MISTAKES = {
                                            ["--model digits_unet was built for 8px",
                                             "--allow-other-size"]),
     "classifier of another image size": (
-        lambda f: [*S, "--image-size", "16", "--allow-other-size", "--classifier",
-                   "digits_classifier"], ["--classifier"]),
+        lambda f: ["sample", "--model", f / "custom.pt", "--image-size", "16",
+                   "--num-head-channels", "32", "--classifier", "digits_classifier"],
+        ["--classifier digits_classifier was built for 8px images"]),
 }
 
 

@@ -302,9 +302,12 @@ def main(args):
     try:
         pipe, base, up = _build(args, device)
         _check_sizes(pipe, base)
-        labels = labels_for(seeds, base.num_classes, class_labels)
     except (ModelSpecError, ValueError) as e:
         raise CLIError(str(e)) from None
+    try:
+        labels = labels_for(seeds, base.num_classes, class_labels)
+    except ValueError as e:
+        raise CLIError(f"--class-labels: {e}") from None
     if base.unconditional and pipe.classifier is None:
         labels = None  # the images depend on no label: none are written
     for note in pipe.notes + base.notes + (up.notes if up is not None else []):

@@ -83,7 +83,8 @@ class ADMPipeline:
         clf = weak = sr = sr_settings = None
         if classifier is not None:
             clf = load_model(classifier, "classifier", image_size=image_size,
-                             **load, **(classifier_options or {}))
+                             allow_other_size=allow_other_size, **load,
+                             **(classifier_options or {}))
             if _trained_on_clean_images(clf.info):
                 notes.append(f"--classifier {clf.origin} was trained on clean images (see its "
                              "training record); classifier guidance needs a classifier trained "
