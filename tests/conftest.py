@@ -26,6 +26,11 @@ def reference_dir():
     return path
 
 
+# One intra-op thread by default: on a loaded 2-core machine OpenMP's spinning threads make torch
+# tens of times slower (measured 70x), while the results do not depend on the thread count.
+# test_cpu_threads.py runs the multi-threaded CPU kernels. FASTGUIDE_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("FASTGUIDE_TEST_THREADS", "1")))
+
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
