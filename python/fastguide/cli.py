@@ -29,6 +29,7 @@ _MODULE_COMMANDS = {
     "demo": (".eval.demo", "guided sampling from the shipped digits model + metrics"),
     "sample": (".eval.generate", "sample images (npz + PNG grid / per-seed PNGs)"),
     "train": (".train.run", "train a diffusion model or a noisy classifier"),
+    "eval": (".eval.evaluator", "IS, FID, sFID, precision, recall as guided-diffusion's evaluator"),
 }
 
 
