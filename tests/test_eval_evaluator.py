@@ -78,7 +78,7 @@ def ref_precision_recall(ref, sample, k=3, block=10000):
 
 def test_fid_and_sfid_match_scipy_sqrtm():
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((400, 48)).astype(np.float32) @ rng.standard_normal((48, 48)).astype(np.float32)
+    a = (rng.standard_normal((400, 48)) @ rng.standard_normal((48, 48))).astype(np.float32)
     b = (rng.standard_normal((300, 48)) * 1.3 + 0.2).astype(np.float32)
     mu_a, sigma_a = statistics(a)
     assert mu_a.dtype == np.float32 and sigma_a.dtype == np.float64  # as the evaluator's
@@ -169,14 +169,14 @@ def test_batch_loader_streams_in_file_order_and_reads_stats(tmp_path):
     c = open_batch(tmp_path / "c.npz")
     np.testing.assert_array_equal(np.concatenate(list(c.batches(3))), imgs)
     assert set(c.stats) == {"mu", "sigma", "mu_s", "sigma_s"}
-    with pytest.raises(BatchError, match=r"statistics \['mu', 'sigma'\] but not \['mu_s', 'sigma_s'\]"):
+    with pytest.raises(BatchError, match=r"\['mu', 'sigma'\] but not \['mu_s', 'sigma_s'\]"):
         open_batch(_save(tmp_path / "d.npz", arr_0=imgs, mu=np.zeros(3), sigma=np.eye(3)))
 
 
 @pytest.mark.parametrize("arrays, message", [
     ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, r"has no arr_0 .*\['images'\]"),
     ({"arr_0": np.zeros((4, 8, 8, 3), np.float32)}, "must be uint8 images"),
-    ({"arr_0": np.zeros((4, 3, 8, 8), np.uint8)}, r"must be uint8 images \[N, H, W, 3\].*\[4, 3, 8, 8\]"),
+    ({"arr_0": np.zeros((4, 3, 8, 8), np.uint8)}, r"uint8 images \[N, H, W, 3\].*\[4, 3, 8, 8\]"),
     ({"arr_0": np.zeros((8, 8, 3), np.uint8)}, "must be uint8 images"),
     ({"arr_0": np.zeros((3, 8, 8, 3), np.uint8)}, "has 3 images; at least 4"),
     ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(5), "sigma": np.zeros((5, 4)),

@@ -158,8 +158,9 @@ pt_inception-2015-12-05-6726825d.pth (or a .safetensors of it).
 
 def add_arguments(p):
     from ..train.options import use_help_formatter
-    use_help_formatter(p, "the five numbers of guided-diffusion's evaluator: Inception Score, "
-                          "FID, sFID, precision, recall", EXAMPLES)
+    use_help_formatter(p, "The five numbers of guided-diffusion's evaluations/evaluator.py, "
+                          "computed as it computes them:\nInception Score, FID, sFID, precision "
+                          "and recall.", EXAMPLES)
     p.add_argument("ref_batch", metavar="REF.npz", help="reference batch (arr_0, optionally "
                    "mu, sigma, mu_s, sigma_s)")
     p.add_argument("sample_batch", metavar="SAMPLE.npz", help="sample batch (arr_0)")
@@ -172,7 +173,8 @@ def add_arguments(p):
                         ".npz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                   help="images per Inception forward (the numbers do not depend on it)")
+                   help="images per Inception forward (the numbers depend on it only by float "
+                        "rounding)")
     p.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

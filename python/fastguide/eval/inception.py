@@ -276,7 +276,8 @@ def _read_weights(path):
     except Exception as e:  # noqa: BLE001  (pickle, zip and EOF errors all mean: not weights)
         first = (str(e).strip().splitlines() or [""])[0][:120]
         raise InceptionWeightsError(
-            f"could not read {path} as a PyTorch state dict ({type(e).__name__}: {first}); expected "
+            f"could not read {path} as a PyTorch state dict ({type(e).__name__}: {first}); "
+            "expected "
             "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, a .safetensors of it, or "
             "classify_image_graph_def.pb") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

@@ -168,7 +168,8 @@ def read_inception_graph(path):
     try:
         consts, norms = _read_graph(path)
     except (ValueError, IndexError, KeyError, UnicodeDecodeError, struct.error) as e:
-        raise InceptionWeightsError(f"could not read {path} as a TensorFlow GraphDef: {e}") from None
+        raise InceptionWeightsError(
+            f"could not read {path} as a TensorFlow GraphDef: {e}") from None
     state = {}
     try:
         for scope, ours in tf_layer_names().items():
