@@ -1,10 +1,10 @@
-"""fastguide.eval metrics against closed forms and hand-computed cases."""
+"""fastguide.eval metrics against closed forms and hand-computed cases (the network:
+test_eval_inception.py; the evaluator's exact recipe: test_eval_evaluator.py)."""
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
-from fastguide.eval import inception as inc
 from fastguide.eval.metrics import (fid_from_features, frechet_distance, inception_score,
                                     precision_recall, spatial_features, sqrtm_psd)
 
@@ -20,6 +20,20 @@ def test_frechet_diagonal_closed_form():
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
     expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
     assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("a, b", [([1.0, 4.0, 0.0, 2.0], [4.0, 0.0, 0.25, 1.0]),  # both singular
+                                  ([1.0, 4.0, 9.0, 2.0], [4.0, 0.0, 0.25, 1.0]),  # one singular
+                                  ([0.0, 4.0, 9.0, 2.0], [4.0, 1.0, 0.25, 1.0])])
+def test_frechet_every_path_against_the_diagonal_closed_form(a, b):
+    """Cholesky of Σ1, of Σ2, or neither (eigendecomposition), in a rotated basis so that the
+    matrices are not diagonal: tr((Σ1Σ2)^½) = Σ √(a_i b_i)."""
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((4, 4)))
+    a, b = np.array(a), np.array(b)
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    expected = a.sum() + b.sum() - 2 * np.sqrt(a * b).sum()
+    assert frechet_distance(np.zeros(4), s1, np.zeros(4), s2) == pytest.approx(expected, abs=1e-7)
+    assert frechet_distance(np.zeros(4), s2, np.zeros(4), s1) == pytest.approx(expected, abs=1e-7)
 
 
 def test_frechet_general_matches_scipy_sqrtm():
@@ -85,35 +99,11 @@ def test_spatial_features_takes_first_channels():
     fmap = torch.arange(2 * 9 * 3 * 3, dtype=torch.float32).reshape(2, 9, 3, 3)
     f = spatial_features(fmap, channels=7)
     assert f.shape == (2, 63)
-    torch.testing.assert_close(f[1], fmap[1, :7].reshape(-1))
+    # NHWC order, as the evaluator flattens TF's [N, H, W, C] map: f[n, (h·W + w)·7 + c]
+    for h, w, c in [(0, 0, 0), (0, 0, 6), (0, 1, 0), (2, 1, 3)]:
+        assert f[1, (h * 3 + w) * 7 + c] == fmap[1, c, h, w]
     with pytest.raises(ValueError):
         spatial_features(fmap, channels=10)
-
-
-def test_inception_random_weights_shapes_and_roundtrip(tmp_path):
-    torch.manual_seed(0)
-    net = inc.InceptionV3FID()
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    with torch.no_grad():
-        out = net(x)
-    assert out["pool"].shape == (2, 2048)
-    assert out["logits"].shape == (2, 1008)
-    assert out["spatial"].shape == (2, 7 * 17 * 17)
-    # torchvision inception_v3 without AuxLogits has 23,834,568 parameters with a 1000-way fc;
-    # FID's 1008-way fc adds 8 · 2049.
-    assert sum(p.numel() for p in net.parameters()) == 23_834_568 + 8 * 2049
-    path = tmp_path / "w.pth"
-    torch.save(net.state_dict(), path)
-    with torch.no_grad():
-        again = inc.load_inception(path)(x)
-    torch.testing.assert_close(again["pool"], out["pool"])
-
-
-def test_inception_missing_weights_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        inc.load_inception(tmp_path / "nope.pth")
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        inc.InceptionV3FID.from_weights(None)
 
 
 def test_bad_features_name_the_argument():

@@ -9,6 +9,11 @@ commands:
             torchrun shards the seeds over ranks
   train     train a diffusion model or a (noisy) classifier, one process or torchrun
   convert   guided-diffusion .pt -> fastguide .safetensors + .json
+  inpaint   inpaint masked pixels of given images (replace or RePaint)
+  img2img   SDEdit: noise given images part way, then sample
+  invert    DDIM / probability-flow inversion: images -> noise, and back to check
+  upsample  super-resolve given low-resolution images with ADM-U
+  eval      IS, FID, sFID, precision, recall as guided-diffusion's evaluator computes them
   bench     the benchmark suite (fastguide.bench)
 
 Run `fastguide COMMAND --help` for each command's options and examples. A user error ends with
@@ -33,6 +38,7 @@ _MODULE_COMMANDS = {
     "img2img": (".commands.img2img", "SDEdit: noise given images part way, then sample"),
     "invert": (".commands.invert", "DDIM / probability-flow inversion: images -> noise"),
     "upsample": (".commands.upsample", "super-resolve given low-resolution images (ADM-U)"),
+    "eval": (".eval.evaluator", "IS, FID, sFID, precision, recall as guided-diffusion's evaluator"),
 }
 
 # Errors a user causes (a missing file, a refused overwrite, ...): one line, exit status 2.

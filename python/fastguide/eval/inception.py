@@ -1,17 +1,37 @@
-"""InceptionV3 as FID uses it (the 2015-12-05 TensorFlow graph, as ported by pytorch-fid), for
-FID, sFID, Inception Score, precision and recall on real image data sets.
+"""InceptionV3 exactly as guided-diffusion's evaluator runs it: the TensorFlow graph
+`classify_image_graph_def.pb` (inception-2015-12-05), rebuilt in PyTorch.
 
-fastguide never downloads weights: pass the path of a state dict with pytorch-fid's key names
-(e.g. its pt_inception-2015-12-05-*.pth, or that file re-saved as .safetensors).
+fastguide never downloads weights. Pass the path of that graph's weights converted to a state
+dict with pytorch-fid's key names (its pt_inception-2015-12-05-6726825d.pth, torch-fidelity's
+weights-inception-2015-12-05-6726825d.pth, or either re-saved as .safetensors), or the graph
+file itself (read without TensorFlow, see inception_graph.py).
 
-    net = InceptionV3FID.from_weights("pt_inception-2015-12-05.pth")
-    out = net(images)      # images [N, 3, H, W] in [-1, 1], any H, W (resized to 299)
-    out["pool"]    [N, 2048]      FID / precision / recall features
-    out["logits"]  [N, 1008]      Inception Score
-    out["spatial"] [N, 7·17·17]   sFID features: 7 channels of mixed_6's first convolution
+    net = load_inception("pt_inception-2015-12-05-6726825d.pth")
+    out = net(images)    # images [N, 3, H, W], pixel values 0..255 (uint8 or float), any H, W
+    out["pool"]     [N, 2048]        FID, precision and recall features
+    out["spatial"]  [N, 17·17·7]     sFID features
+    out["logits"]   [N, 1008]        Inception Score (before the softmax)
 
-FID's variant of InceptionV3 differs from torchvision's: the average pools in the A, C and E
-blocks exclude the padding, and the last E block max-pools its pool branch.
+What the evaluator takes from the graph, node by node (names from the graph definition; every
+convolution layer there is a scope S holding S/conv2d_params, S/Conv2D, S/batchnorm
+(BatchNormWithGlobalNormalization, ε = 0.001), S/CheckNumerics, and the node named S itself,
+the ReLU, so "S:0" is a layer's output after batch norm and ReLU):
+
+    ExpandDims:0          the evaluator feeds its float32 NHWC batch, values 0..255, here
+    ResizeBilinear        to 299x299, TF1 semantics (align_corners=False, no half-pixel
+                          centres): resize_bilinear_tf1 below, not F.interpolate
+    Sub, Mul              (x − 128) · 1/128
+    mixed_6/conv:0        FID_SPATIAL_NAME: the 1x1 branch of the 7th mixed block (mixed,
+                          mixed_1 .. mixed_10 are torchvision's Mixed_5b .. Mixed_7c, so this is
+                          Mixed_6d.branch1x1) after its batch norm and ReLU, [N, 17, 17, 192]
+                          NHWC; the evaluator keeps [..., :7] and flattens h, w, c in that order
+    pool_3:0              FID_POOL_NAME: the 8x8 average pool of mixed_10/join, [N, 1, 1, 2048]
+    softmax/logits/MatMul pool_3/_reshape times softmax/weights [2048, 1008]; the evaluator
+                          takes this MatMul's weight input and computes softmax(pool · W)
+                          itself, so the logits here have no bias (softmax/biases is unused)
+
+FID's InceptionV3 also differs from torchvision's: the average pools in the mixed blocks exclude
+the padding (TF "SAME" pooling), and the last block max-pools its pool branch.
 """
 import pathlib
 
@@ -21,10 +41,20 @@ from torch import nn
 
 from .metrics import spatial_features
 
-__all__ = ["InceptionV3FID", "load_inception"]
+__all__ = ["InceptionV3FID", "load_inception", "resize_bilinear_tf1", "InceptionWeightsError",
+           "SPATIAL_CHANNELS", "NUM_LOGITS"]
+
+SPATIAL_CHANNELS = 7  # the evaluator's spatial[..., :7]
+NUM_LOGITS = 1008     # the 2015 graph's classifier: 1000 ImageNet classes + 8 unused
+
+
+class InceptionWeightsError(ValueError):
+    """An Inception weight file that is not the FID InceptionV3 (wrong format, keys or shapes)."""
 
 
 class BasicConv2d(nn.Module):
+    """conv2d_params (no bias) -> batchnorm (ε = 0.001) -> ReLU: one scope of the graph."""
+
     def __init__(self, cin, cout, kernel_size, stride=1, padding=0):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
@@ -87,6 +117,8 @@ class InceptionC(nn.Module):
         d = x
         for i in range(1, 6):
             d = getattr(self, f"branch7x7dbl_{i}")(d)
+        # The graph's join concatenates conv, tower, tower_1, tower_2 in this order, so the
+        # first 192 channels are the 1x1 branch ("mixed_N/conv").
         return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool(x))], 1)
 
 
@@ -111,7 +143,7 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
     def __init__(self, cin, pool):
         super().__init__()
-        self.pool = pool  # "avg" (Mixed_7b) or "max" (Mixed_7c), as in the TF graph
+        self.pool = pool  # "avg" (Mixed_7b = mixed_9) or "max" (Mixed_7c = mixed_10)
         self.branch1x1 = BasicConv2d(cin, 320, 1)
         self.branch3x3_1 = BasicConv2d(cin, 384, 1)
         self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
@@ -131,10 +163,37 @@ class InceptionE(nn.Module):
         return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pooled)], 1)
 
 
-class InceptionV3FID(nn.Module):
-    """Random weights when built directly; use from_weights() for the real network."""
+def _tf1_source_index(in_size, out_size, device):
+    """TF1's legacy scaler: source = out · (in / out) in float32, its floor, the next index
+    (clamped), and the fraction."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = torch.arange(out_size, dtype=torch.float32) * scale
+    lo = src.floor()
+    frac = (src - lo).to(device)
+    lo = lo.long().clamp(max=in_size - 1)
+    hi = torch.ceil(src).long().clamp(max=in_size - 1)
+    return lo.to(device), hi.to(device), frac
 
-    def __init__(self, num_logits=1008):
+
+def resize_bilinear_tf1(x, size):
+    """[N, C, H, W] float -> [N, C, size, size] as TF 1.x's ResizeBilinear(align_corners=False):
+    pixel i samples the input at i·(in/out) (no half-pixel offset), interpolating along x
+    first, then y: top = tl + (tr − tl)·dx, bottom = bl + (br − bl)·dx, top + (bottom − top)·dy."""
+    n, c, h, w = x.shape
+    if (h, w) == (size, size):
+        return x
+    y0, y1, dy = _tf1_source_index(h, size, x.device)
+    x0, x1, dx = _tf1_source_index(w, size, x.device)
+    top, bottom = x[:, :, y0], x[:, :, y1]
+    top = top[..., x0] + (top[..., x1] - top[..., x0]) * dx
+    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+
+class InceptionV3FID(nn.Module):
+    """Random weights when built directly; load_inception() gives the real network."""
+
+    def __init__(self, num_logits=NUM_LOGITS):
         super().__init__()
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
@@ -148,7 +207,7 @@ class InceptionV3FID(nn.Module):
         self.Mixed_6d, self.Mixed_6e = InceptionC(768, 160), InceptionC(768, 192)
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b, self.Mixed_7c = InceptionE(1280, "avg"), InceptionE(2048, "max")
-        self.fc = nn.Linear(2048, num_logits)
+        self.fc = nn.Linear(2048, num_logits)  # softmax/weights (+ softmax/biases, unused)
         self.eval()
 
     @classmethod
@@ -156,31 +215,71 @@ class InceptionV3FID(nn.Module):
         return load_inception(path)
 
     def forward(self, images):
-        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        x = resize_bilinear_tf1(images.float(), 299)   # ResizeBilinear
+        x = (x - 128) / 128                            # Sub, Mul
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
         x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
-        x = self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))
-        spatial = spatial_features(self.Mixed_6d.branch1x1.conv(x))  # mixed_6/conv, pre-norm
-        x = self.Mixed_6e(self.Mixed_6d(x))
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
-        pool = x.mean(dim=(2, 3))
-        return {"pool": pool, "logits": self.fc(pool), "spatial": spatial}
+        x = self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x))))
+        spatial = spatial_features(x, SPATIAL_CHANNELS)  # mixed_6/conv:0[..., :7], NHWC order
+        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(self.Mixed_6e(x))))
+        pool = x.mean(dim=(2, 3))                      # pool_3:0
+        logits = pool @ self.fc.weight.t()             # softmax/logits/MatMul: no bias
+        return {"pool": pool, "logits": logits, "spatial": spatial}
 
 
-def load_inception(path):
-    """InceptionV3FID with weights read from path (.pth/.pt state dict or .safetensors)."""
+def load_inception(path, device="cpu"):
+    """InceptionV3FID with the weights in path: a state dict (.pth / .pt / .safetensors) with
+    pytorch-fid's key names, or the graph itself (classify_image_graph_def.pb)."""
     if path is None or not pathlib.Path(path).is_file():
         raise FileNotFoundError(
-            f"InceptionV3 weights not found at {path!r}. fastguide never downloads them: fetch "
-            "pytorch-fid's pt_inception-2015-12-05-6726825d.pth yourself and pass its path.")
+            f"InceptionV3 weights not found at {str(path)!r}. fastguide never downloads them: "
+            "pass guided-diffusion's classify_image_graph_def.pb or pytorch-fid's "
+            "pt_inception-2015-12-05-6726825d.pth")
     path = pathlib.Path(path)
+    state = _read_weights(path)
+    with torch.device("meta"):  # shapes only: no random initialisation of 24M parameters
+        net = InceptionV3FID()
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    for k in expected:  # pytorch-fid's file has no num_batches_tracked (unused in eval mode)
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.tensor(0)
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [f"{k}: {list(got[k])} (expected {list(s)})" for k, s in expected.items()
+             if k in got and got[k] != s]
+    if missing or unexpected or wrong:
+        raise InceptionWeightsError(
+            f"{path} is not the FID InceptionV3 (2015-12-05) state dict: "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
+            f"{unexpected[:3]}, {len(wrong)} wrongly shaped {wrong[:3]}")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                        strict=True, assign=True)
+    return net.to(device).eval()
+
+
+def _read_weights(path):
+    if path.suffix == ".pb":
+        from .inception_graph import read_inception_graph
+        return read_inception_graph(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise InceptionWeightsError(f"could not read {path} as safetensors: {e}") from None
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    net = InceptionV3FID(num_logits=state["fc.weight"].shape[0] if "fc.weight" in state else 1008)
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+    except Exception as e:  # noqa: BLE001  (pickle, zip and EOF errors all mean: not weights)
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise InceptionWeightsError(
+            f"could not read {path} as a PyTorch state dict ({type(e).__name__}: {first}); "
+            "expected "
+            "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, a .safetensors of it, or "
+            "classify_image_graph_def.pb") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise InceptionWeightsError(f"{path} does not hold a state dict (a flat dict of tensors)")
+    return state

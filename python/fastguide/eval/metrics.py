@@ -4,12 +4,17 @@
     precision_recall   k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
     inception_score    exp E_x KL(p(y|x) ‖ p(y))                   (Salimans et al. 2016)
     spatial_features   sFID's features: the first channels of an intermediate feature map,
-                       flattened, so the Fréchet distance also sees spatial structure (Nash et
-                       al. 2021, as in ADM's evaluator)
+                       flattened (NHWC order), so the Fréchet distance also sees spatial
+                       structure (Nash et al. 2021, as in ADM's evaluator)
 
-tr((Σ₁Σ₂)^½) is computed as tr((A Σ₂ A)^½) with A = Σ₁^½: A Σ₂ A is symmetric positive
-semi-definite, so both roots come from symmetric eigendecompositions in float64, without the
-complex values and ε-retries that a general sqrtm of the non-symmetric Σ₁Σ₂ needs.
+fastguide.eval.evaluator computes the five numbers of guided-diffusion's evaluator exactly as it
+does (its float16 distances for precision/recall, its IS splits); these functions are the
+general, exact versions for any features (the digits demo uses them).
+
+tr((Σ₁Σ₂)^½) is Σ√λ over the eigenvalues of Σ₁Σ₂, which are those of the symmetric positive
+semi-definite Lᵀ Σ₂ L (Σ₁ = L Lᵀ, Cholesky) or, for a singular Σ₁, of A Σ₂ A (A = Σ₁^½): symmetric
+eigenvalue problems in float64, without the complex values and ε-retries that a general sqrtm of
+the non-symmetric Σ₁Σ₂ needs.
 """
 import numpy as np
 import torch
@@ -54,11 +59,26 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"shapes differ: means {mu1.shape} vs {mu2.shape}, "
                          f"covariances {sigma1.shape} vs {sigma2.shape}")
-    root1 = sqrtm_psd(sigma1)
-    middle = root1 @ sigma2 @ root1
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    tr_covmean = _trace_sqrt_product(sigma1, sigma2)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def _trace_sqrt_product(sigma1, sigma2):
+    """tr((Σ1Σ2)^½) = Σ √λ over the eigenvalues λ of Σ1Σ2, real and >= 0 for PSD Σ1, Σ2. With a
+    Cholesky factor L of either (Σ = L Lᵀ, when it is positive definite) they are those of the
+    symmetric Lᵀ Σ' L: no eigenvectors needed. Otherwise those of A Σ2 A, A = Σ1^½."""
+    for a, b in ((sigma1, sigma2), (sigma2, sigma1)):
+        try:
+            factor = np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:  # singular, e.g. fewer samples than dimensions
+            continue
+        middle = factor.T @ b @ factor
+        break
+    else:
+        root1 = sqrtm_psd(sigma1)
+        middle = root1 @ sigma2 @ root1
+    return np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
 
 
 def fid_from_features(features1, features2):
@@ -110,8 +130,9 @@ def inception_score(logits, splits=1):
 
 
 def spatial_features(feature_map, channels=7):
-    """[N, C, H, W] -> [N, channels·H·W]: the first `channels` channels, flattened (ADM's sFID
-    takes 7 channels of Inception's mixed_6/conv map)."""
+    """[N, C, H, W] -> [N, H·W·channels]: the first `channels` channels, flattened in NHWC order
+    (h, w, c), as ADM's evaluator flattens TF's mixed_6/conv[..., :7]. The order leaves the
+    Fréchet distance unchanged but must match stored statistics (a reference batch's mu_s)."""
     if feature_map.dim() != 4 or feature_map.shape[1] < channels:
         raise ValueError(f"need an [N, C >= {channels}, H, W] map, got {list(feature_map.shape)}")
-    return feature_map[:, :channels].flatten(1)
+    return feature_map[:, :channels].permute(0, 2, 3, 1).flatten(1)

@@ -19,6 +19,21 @@ class EMA:
                         for r in self.rates}
 
     @torch.no_grad()
+    def copy_from(self, model):
+        """Every shadow := model's parameters (a model of the same architecture, e.g. the EMA
+        weights a fine-tuned checkpoint was released with)."""
+        if not self.shadows:
+            return
+        params = dict(model.named_parameters())
+        shapes = [p.shape for p in next(iter(self.shadows.values()), [])]
+        if list(params) != self.names or [params[n].shape for n in self.names] != shapes:
+            raise ValueError("the EMA's initial model does not match the trained model's "
+                             "parameters (names or shapes differ)")
+        for shadow in self.shadows.values():
+            for s, name in zip(shadow, self.names):
+                s.copy_(params[name].detach().float())
+
+    @torch.no_grad()
     def update(self, model):
         params = [p.detach().float() for p in model.parameters()]
         for r, shadow in self.shadows.items():

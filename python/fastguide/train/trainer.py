@@ -8,6 +8,11 @@ keeps its own slice, so a run gives the same result on any number of ranks and m
     loss (diffusion)   training_losses(...)["loss"] · importance weight, averaged over the batch
     loss (classifier)  cross-entropy of classifier(x_t, t); x_t = q_sample(x_0, t) when noised
                        (guided-diffusion's --noised), else the clean image at t = 0
+    learning rate      lr · min(1, (s + 1)/warmup) · (1 − s/anneal) at step s (either factor 1
+                       when its option is 0); the anneal is guided-diffusion's lr_anneal_steps
+
+A run directory holds one run: a Trainer refuses a run_dir with an earlier run's files unless
+resume (continue it) or overwrite (delete those files when training starts) is set.
 """
 import contextlib
 import dataclasses
@@ -22,13 +27,26 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..diffusion import create_named_schedule_sampler, training_losses
+from ..diffusion.timestep_sampler import TimestepSampler
+from ..nn.base import input_checks
 from ..nn.checkpoint import save_model
 from . import distributed as dist_util
 from .checkpoint import CHECKPOINT_NAME, load_training_state, save_atomic
 from .ema import EMA
 from .stop import StopRequests
 
-__all__ = ["TrainOptions", "Trainer"]
+__all__ = ["TrainOptions", "Trainer", "run_files"]
+
+
+def run_files(run_dir):
+    """The files of an earlier run in run_dir: its checkpoint, log and exported models."""
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    names = (CHECKPOINT_NAME, CHECKPOINT_NAME + ".tmp", "log.jsonl")
+    exports = [p for p in run_dir.glob("*") if p.name.startswith(("model.", "ema_"))
+               and p.name.endswith((".safetensors", ".json"))]
+    return sorted([run_dir / n for n in names if (run_dir / n).exists()] + exports)
 
 
 @dataclasses.dataclass
@@ -39,6 +57,8 @@ class TrainOptions:
     batch_size: int = 64               # global, over all ranks
     microbatch: int = 0                # per-rank forward size; 0 = the whole local batch
     lr: float = 1e-4
+    lr_warmup_steps: int = 0           # linear warm-up from lr/warmup to lr
+    lr_anneal_steps: int = 0           # guided-diffusion's: lr·(1 − step/anneal); 0 = constant
     weight_decay: float = 0.0
     ema_rates: tuple = (0.9999,)
     precision: str = "bf16"            # autocast dtype: bf16, fp16 (+ loss scaling) or fp32
@@ -46,11 +66,13 @@ class TrainOptions:
     p_uncond: float = 0.0              # CFG label dropout (to the model's null class)
     noised: bool = True                # classifier: train on x_t at random t
     low_res_size: int = 0              # super-resolution: condition on x_0 area-resized to this
+    random_flip: bool = False          # mirror each image left-right with probability 1/2
     schedule_sampler: str = "uniform"  # or "loss-second-moment" (importance sampling)
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
-    resume: bool = False
+    resume: bool = False               # continue from run_dir/checkpoint.pt (which must exist)
+    overwrite: bool = False            # start afresh in a run_dir that holds an earlier run
     progress: bool = True
 
 
@@ -73,7 +95,10 @@ def _cpu_has_bf16():
 
 
 class Trainer:
-    def __init__(self, model, dataset, diffusion, options, device="cpu", extra_info=None):
+    def __init__(self, model, dataset, diffusion, options, device="cpu", extra_info=None,
+                 ema_init=None):
+        """ema_init: a model of the same architecture whose weights start every EMA (default:
+        the model's own)."""
         self.opts = o = options
         self.device = torch.device(device)
         self.model, self.dataset, self.diffusion = model.to(self.device), dataset, diffusion
@@ -98,12 +123,30 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision == "fp16"
                        else None)
         self.ema = EMA(model, o.ema_rates)
+        if ema_init is not None:
+            self.ema.copy_from(ema_init)
         self.sampler = create_named_schedule_sampler(o.schedule_sampler, diffusion)
+        self.loss_aware = (type(self.sampler).update_with_all_losses
+                           is not TimestepSampler.update_with_all_losses)
         self.step, self.cpu_seconds = 0, 0.0
         self.run_dir = pathlib.Path(o.run_dir)
         self.log_window = {}
-        if o.resume and (self.run_dir / CHECKPOINT_NAME).exists():
+        self._check_run_dir()
+        if o.resume:
             self.load(self.run_dir / CHECKPOINT_NAME)
+
+    def _check_run_dir(self):
+        o, earlier = self.opts, run_files(self.run_dir)
+        if o.resume and o.overwrite:
+            raise ValueError("resume and overwrite contradict each other; choose one")
+        if o.resume and not (self.run_dir / CHECKPOINT_NAME).exists():
+            raise FileNotFoundError(f"cannot resume: {self.run_dir / CHECKPOINT_NAME} does not "
+                                    "exist")
+        if earlier and not (o.resume or o.overwrite):
+            raise FileExistsError(
+                f"{self.run_dir} holds an earlier run ({', '.join(p.name for p in earlier[:4])}"
+                f"{', ...' if len(earlier) > 4 else ''}); resume it, or overwrite it to start "
+                "afresh")
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -121,9 +164,22 @@ class Trainer:
         drop = torch.rand(n, generator=g) < o.p_uncond
         if y is not None and o.p_uncond:
             y = torch.where(drop, torch.full_like(y, self.model.null_label), y)
+        if y is not None:  # checked here, on the host, so the model need not read y back
+            self._check_labels(y)
+        if o.random_flip:  # drawn last, so that runs without flips keep their batches
+            flip = torch.rand(n, generator=g) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         part = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         put = lambda v: None if v is None else v[part].to(self.device)  # noqa: E731
         return put(x0), put(y), put(t), put(weights), put(noise)
+
+    def _check_labels(self, y):
+        cfg = getattr(self.model, "config", {})
+        rows = (cfg.get("out_channels") if cfg.get("kind") == "classifier"
+                else (cfg.get("num_classes") or 0) + int(bool(cfg.get("null_class"))))
+        if rows and bool(((y < 0) | (y >= rows)).any()):
+            raise ValueError(f"the data set has labels outside 0..{rows - 1} (min {int(y.min())}, "
+                             f"max {int(y.max())}), which the model cannot take")
 
     def autocast(self):
         if self.precision == "fp32":
@@ -146,21 +202,47 @@ class Trainer:
         return {"loss": F.cross_entropy(logits.float(), y, reduction="none"),
                 "accuracy": (logits.argmax(-1) == y).float()}
 
+    def learning_rate(self, step):
+        """lr at step (0-based): linear warm-up, then guided-diffusion's linear anneal."""
+        o, lr = self.opts, self.opts.lr
+        if o.lr_warmup_steps:
+            lr *= min(1.0, (step + 1) / o.lr_warmup_steps)
+        if o.lr_anneal_steps:
+            lr *= 1.0 - step / o.lr_anneal_steps
+        return lr
+
+    def backward(self, x0, y, t, weights, noise):
+        """Gradients of the local batch, one microbatch at a time, without a host sync: the
+        labels were checked on the host (batch()), the log sums stay on the device. Returns the
+        per-sample losses (for a loss-aware timestep sampler)."""
+        losses = []
+        with input_checks(False):
+            for lo in range(0, self.local_batch, self.microbatch):
+                part = slice(lo, lo + self.microbatch)
+                last = lo + self.microbatch >= self.local_batch
+                sync = (contextlib.nullcontext() if last or self.ddp is self.model
+                        else self.ddp.no_sync())
+                with sync:
+                    with self.autocast():
+                        terms = self.losses(x0[part], None if y is None else y[part], t[part],
+                                            noise[part])
+                    loss = (terms["loss"] * weights[part]).sum() / self.local_batch
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                losses.append(terms["loss"].detach())
+                self.record(t[part], terms)
+        return torch.cat(losses)
+
     def train_step(self):
         x0, y, t, weights, noise = self.batch(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        for lo in range(0, self.local_batch, self.microbatch):
-            part = slice(lo, lo + self.microbatch)
-            last = lo + self.microbatch >= self.local_batch
-            sync = contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync()
-            with sync:
-                with self.autocast():
-                    terms = self.losses(x0[part], None if y is None else y[part], t[part],
-                                        noise[part])
-                loss = (terms["loss"] * weights[part]).sum() / self.local_batch
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
-            self.sampler.update_with_local_losses(t[part], terms["loss"].detach())
-            self.record(t[part], terms)
+        losses = self.backward(x0, y, t, weights, noise)
+        # Only a loss-aware sampler needs the losses: for the uniform one, gathering them would
+        # be a host sync (and three all-gathers under DDP) for nothing. Once per step is enough:
+        # every t of this step was drawn before any update.
+        if self.loss_aware:
+            self.sampler.update_with_local_losses(t, losses)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         clip = self.opts.grad_clip if self.opts.grad_clip > 0 else math.inf
@@ -205,7 +287,7 @@ class Trainer:
                 row[name] = total[4] / count[4]
                 row.update({f"{name}_q{q}": total[q] / count[q] for q in range(4) if count[q]})
         row = dict(sorted(row.items()))
-        row.update(step=self.step, lr=self.opts.lr)
+        row.update(step=self.step, lr=self.learning_rate(self.step - 1))
         if self.scaler:
             row["loss_scale"] = float(self.scaler.get_scale())
         self.log_window = {}
@@ -262,6 +344,10 @@ class Trainer:
         """Train to opts.steps, or until SIGINT/SIGTERM (then checkpoint and set
         self.stopped_by to the signal's name). Returns the last logged row."""
         o = self.opts
+        if o.overwrite and not o.resume and dist_util.is_main():
+            for path in run_files(self.run_dir):
+                path.unlink()
+        dist_util.barrier()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=o.steps, initial=self.step, disable=not (o.progress and dist_util.is_main()),
                    desc=f"train {o.task}")
@@ -296,10 +382,13 @@ def _rng_state(device):
 
 
 # Options that may change between a run and its resumption without changing what is trained.
-_RESUMABLE = {"steps", "resume", "progress", "log_every", "save_every", "run_dir"}
+_RESUMABLE = {"steps", "resume", "overwrite", "progress", "log_every", "save_every", "run_dir"}
 
 
 def _warn_changed_options(saved, current):
+    for f in dataclasses.fields(TrainOptions):  # options that older checkpoints predate
+        if f.name not in saved and f.default is not dataclasses.MISSING:
+            saved[f.name] = _jsonable(f.default)
     changed = {k: (saved.get(k), v) for k, v in current.items()
                if k not in _RESUMABLE and saved.get(k) != _jsonable(v)}
     if changed and dist_util.is_main():
