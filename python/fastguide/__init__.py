@@ -5,7 +5,8 @@ from . import nn
 from . import diffusion
 from . import sampling
 from .nn.checkpoint import load_checkpoint, save_model
+from .dispatch import dispatch_report
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "ops", "nn", "diffusion", "sampling", "load_checkpoint", "save_model",
-           "__version__"]
+__all__ = ["build_info", "dispatch_report", "ops", "nn", "diffusion", "sampling",
+           "load_checkpoint", "save_model", "__version__"]
