@@ -12,6 +12,21 @@ from test_adagn import ULP, rel_err, to_channels_last
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")])]
 
 
+@pytest.fixture(autouse=True, params=["auto", "multipass"])
+def cuda_path(request):
+    """On CUDA every case runs on both paths: the single pass where it applies, and the
+    multi-pass kernels (the switch is CUDA's; CPU cases run once)."""
+    device = request.node.callspec.params.get("device", "cpu")
+    if request.param == "multipass" and device == "cpu":
+        pytest.skip("the CPU kernel has one path")
+    if device == "cpu":
+        yield
+        return
+    previous = torch.ops.fastguide._adagn_set_path(0 if request.param == "auto" else 1)
+    yield
+    torch.ops.fastguide._adagn_set_path(previous)
+
+
 def leaves(*ts):
     return [None if t is None else t.detach().clone().requires_grad_() for t in ts]
 

@@ -146,3 +146,30 @@ def test_committed_table_is_well_formed():
         assert len(key) == 5 and key[0] in dispatch.ALTERNATIVE and key[1].startswith("sm_")
         assert value == "kernel"
     assert isinstance(fastguide.build_info()["dispatch_kernel_cells"], dict)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_paths_and_the_kernel_backend(reference_dir):
+    """On a GPU, "fused" takes what the committed table says (the alternative where it has no
+    entry for this device) and "kernel" always the kernels; both give the reference vectors."""
+    import numpy as np
+    from conftest import load_reference_model
+    d = np.load(reference_dir / "unet_cond_ss.npz")
+    model = load_reference_model(reference_dir, "unet_cond_ss.pt", str(d["config"])).cuda()
+    args = (torch.from_numpy(d["x"]).cuda(), torch.from_numpy(d["timesteps"]).cuda())
+    y = torch.from_numpy(d["y"]).cuda()
+    dev = dispatch.device_key(args[0].device)
+    for backend in ("fused", "kernel"):
+        rows = fastguide.dispatch_report(model.set_backend(backend), *args, y=y)
+        for r in rows:
+            want = "kernel" if backend == "kernel" else dispatch.TABLE.get(tuple(r["key"]), dispatch.ALTERNATIVE[r["op"]])
+            assert r["key"][1] == dev and r["path"] == want
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            with torch.no_grad():
+                out = model(*args, y=y)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        assert rel_err(out.cpu(), torch.from_numpy(d["out"])) <= 1e-4

@@ -151,6 +151,29 @@ __device__ __forceinline__ void cluster_total(float* part, float* total, int cou
 
 // ---- launchers (host) ---------------------------------------------------------------------------
 
+// Compile-time SILU and pack width V (16 bytes of T, or 1) from run-time values; T in scope.
+#define FG_DISPATCH_SILU(flag, ...) \
+  [&] {                             \
+    if (flag) {                     \
+      constexpr bool SILU = true;   \
+      __VA_ARGS__();                \
+    } else {                        \
+      constexpr bool SILU = false;  \
+      __VA_ARGS__();                \
+    }                               \
+  }()
+
+#define FG_DISPATCH_WIDTH(width, ...)   \
+  [&] {                                 \
+    if (width > 1) {                    \
+      constexpr int V = 16 / sizeof(T); \
+      __VA_ARGS__();                    \
+    } else {                            \
+      constexpr int V = 1;              \
+      __VA_ARGS__();                    \
+    }                                   \
+  }()
+
 // Forward: y, mean, rstd; x and y have the same strides. Returns false (nothing launched) when
 // the single-pass path does not apply; then forward_multipass.
 bool forward_fused(const at::Tensor& x, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd,

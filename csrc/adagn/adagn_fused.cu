@@ -7,7 +7,9 @@
 // Cost model, bf16 channels-last [32, 256, 64, 64] (64 MiB): forward moves 2 * 64 MiB, backward
 // 3 * 64 MiB, ~10 FLOP per element forward and ~25 backward (far under any ridge point). At the
 // HBM bandwidth the floor is 40 us forward / 60 us backward on an H100 (3.35 TB/s), 28 / 42 us on
-// an H200 (4.8 TB/s). benchmarks/bench_adagn.py reports every ADM shape against these floors.
+// an H200 (4.8 TB/s). At batch 1 ([1, 256, 64, 64], 2 MiB) the floor is 1.3 / 0.9 us: latency
+// decides there (one launch and two cluster reductions here, against the 7 or so launches of the
+// eager chain). benchmarks/bench_adagn.py reports every ADM shape against these floors.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
@@ -70,6 +72,20 @@ struct One {
   __device__ float operator()(int64_t) const { return 1.f; }
 };
 
+// The per-group totals over the unit of this thread's per-channel sums s: CTA tree, a warp per
+// group, then the cluster. total[gl] for the tile's GT groups; every thread must call it.
+template <int V>
+__device__ void unit_group_totals(const float (&s)[V], float* red, float* part, float* total,
+                                  const ClThread& th, const Dims& d, const FusedGeo& f, int64_t c_tile) {
+#pragma unroll
+  for (int j = 0; j < V; ++j) red[j * kThreads + th.tid] = s[j];
+  __syncthreads();
+  tree_rows<V>(red, th.tid, f.bx, f.by);
+  const int64_t GT = f.CT / d.Cg;
+  group_sums<V>(red, part, GT, d.Cg, c_tile, d.C, One{});
+  cluster_total(part, total, int(GT), int(f.K));
+}
+
 template <typename T, int V, bool SILU>
 __global__ void __launch_bounds__(kThreads, 2)
 fused_cl_forward(const T* __restrict__ x, T* __restrict__ y, float* __restrict__ mean_out,
@@ -95,12 +111,7 @@ fused_cl_forward(const T* __restrict__ x, T* __restrict__ y, float* __restrict__
   for (int r = 0; r < kFwdRows; ++r)
 #pragma unroll
     for (int j = 0; j < V; ++j) s[j] += v[r].get(j);
-#pragma unroll
-  for (int j = 0; j < V; ++j) red[j * kThreads + th.tid] = s[j];
-  __syncthreads();
-  tree_rows<V>(red, th.tid, f.bx, f.by);
-  group_sums<V>(red, part[0], GT, d.Cg, c_tile, d.C, One{});
-  cluster_total(part[0], total[0], int(GT), int(f.K));
+  unit_group_totals<V>(s, red, part[0], total[0], th, d, f, c_tile);
   const float cnt = float(d.Cg) * float(d.S);
   float mu[V];
 #pragma unroll
@@ -120,12 +131,7 @@ fused_cl_forward(const T* __restrict__ x, T* __restrict__ y, float* __restrict__
       }
     }
   }
-#pragma unroll
-  for (int j = 0; j < V; ++j) red[j * kThreads + th.tid] = s[j];
-  __syncthreads();
-  tree_rows<V>(red, th.tid, f.bx, f.by);
-  group_sums<V>(red, part[1], GT, d.Cg, c_tile, d.C, One{});
-  cluster_total(part[1], total[1], int(GT), int(f.K));
+  unit_group_totals<V>(s, red, part[1], total[1], th, d, f, c_tile);
   if (f.K > 1) cluster_arrive();  // this CTA reads no peer's shared memory from here on
 
   if (k == 0)
@@ -331,14 +337,14 @@ fused_cl_backward(const T* __restrict__ dy, const T* __restrict__ x, const float
 
 // ---- host ---------------------------------------------------------------------------------------
 
-template <typename Kernel, typename... Args>
-void launch_units(Kernel kernel, dim3 grid, int64_t K, Args... args) {
+// A launch of kThreads-thread CTAs on the current stream, in clusters of K when K > 1. The
+// configuration points into `attr`, which must outlive it.
+cudaLaunchConfig_t unit_config(dim3 grid, int64_t K, cudaLaunchAttribute (&attr)[1]) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = c10::cuda::getCurrentCUDAStream();
-  cudaLaunchAttribute attr[1];
   if (K > 1) {
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = unsigned(K);
@@ -347,6 +353,13 @@ void launch_units(Kernel kernel, dim3 grid, int64_t K, Args... args) {
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
+  return cfg;
+}
+
+template <typename Kernel, typename... Args>
+void launch_units(Kernel kernel, dim3 grid, int64_t K, Args... args) {
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t cfg = unit_config(grid, K, attr);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
@@ -357,20 +370,31 @@ int64_t max_cluster(Kernel kernel) {
   return capability() >= 90 && binary_version(kernel) >= 90 ? plan::kMaxCluster : 1;
 }
 
+// Whether clusters of K CTAs of `kernel` can be resident at all here (a partitioned or shared
+// GPU may allow fewer): asked once per (kernel, K).
+template <typename Kernel>
+bool cluster_fits(Kernel kernel, int64_t K) {
+  return kernel_memo(kernel, int(1000 + K), [&] {
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = unit_config(dim3(unsigned(K)), K, attr);
+    int clusters = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    return clusters > 0 ? 1 : 0;
+  }) != 0;
+}
+
+// The plan for this device: clusters up to kMaxCluster where they fit, else single CTAs.
+template <typename Kernel, typename Plan>
+plan::Fused plan_units(Kernel kernel, Plan make) {
+  const int64_t target = resident_ctas(kernel, kThreads);
+  plan::Fused pl = make(max_cluster(kernel), target);
+  if (pl.ok && pl.K > 1 && !cluster_fits(kernel, pl.K)) pl = make(1, target);
+  return pl;
+}
+
 FusedGeo geo_of(const plan::Fused& pl) {
   return {pl.K, pl.nr, pl.RC, pl.t.CT, pl.t.bx, pl.t.by};
 }
-
-#define FG_DISPATCH_SILU(flag, ...) \
-  [&] {                             \
-    if (flag) {                     \
-      constexpr bool SILU = true;   \
-      __VA_ARGS__();                \
-    } else {                        \
-      constexpr bool SILU = false;  \
-      __VA_ARGS__();                \
-    }                               \
-  }()
 
 }  // namespace
 
@@ -384,9 +408,10 @@ bool forward_fused(const at::Tensor& x, at::Tensor& y, at::Tensor& mean, at::Ten
     FG_DISPATCH_SILU(silu, [&] {
       auto kernel = d.channels_last ? fused_cl_forward<T, V, SILU> : fused_rows_forward<T, V, SILU>;
       const plan::Problem p = problem_of(d, V);
-      const int64_t target = resident_ctas(kernel, kThreads), kmax = max_cluster(kernel);
-      const plan::Fused pl = d.channels_last ? plan::fused_cl(p, kFwdRows, kmax, target)
-                                             : plan::fused_rows(p, kFwdRows, kmax, target);
+      const plan::Fused pl = plan_units(kernel, [&](int64_t kmax, int64_t target) {
+        return d.channels_last ? plan::fused_cl(p, kFwdRows, kmax, target)
+                               : plan::fused_rows(p, kFwdRows, kmax, target);
+      });
       if (!pl.ok) return;
       const dim3 grid(unsigned(pl.K), unsigned(d.channels_last ? pl.t.tiles : d.G), unsigned(d.N));
       launch_units(kernel, grid, pl.K, x.data_ptr<T>(), y.data_ptr<T>(), mean.data_ptr<float>(),
@@ -408,8 +433,9 @@ bool backward_fused(const at::Tensor& dy, const at::Tensor& x, const at::Tensor&
     if (pack_width(d.C, sizeof(T), {x.data_ptr(), dy.data_ptr(), dx.data_ptr()}) != V) return;
     FG_DISPATCH_SILU(silu, [&] {
       auto kernel = fused_cl_backward<T, V, SILU>;
-      const int64_t target = resident_ctas(kernel, kThreads);
-      const plan::Fused pl = plan::fused_cl(problem_of(d, V), kBwdRows, max_cluster(kernel), target);
+      const plan::Fused pl = plan_units(kernel, [&](int64_t kmax, int64_t target) {
+        return plan::fused_cl(problem_of(d, V), kBwdRows, kmax, target);
+      });
       if (!pl.ok) return;
       const dim3 grid(unsigned(pl.K), unsigned(pl.t.tiles), unsigned(d.N));
       launch_units(kernel, grid, pl.K, dy.data_ptr<T>(), x.data_ptr<T>(), mean.data_ptr<float>(),

@@ -47,6 +47,25 @@ struct ClStream {
   }
 };
 
+// The rows of this thread's split, U rows of x (and of grad_y when TWO) in flight: calls
+// f(offset, px, pg) for each, offset being the pack's element offset.
+template <int U, bool TWO, typename T, int V, typename F>
+__device__ __forceinline__ void stream_cl(const ClStream& th, int64_t by, int64_t C, int64_t base,
+                                          const T* x, const T* dy, F f) {
+  for (int64_t row = th.s0 + th.ty; row < th.s1; row += by * U) {
+    Pack<T, V> px[U], pg[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (row + u * by < th.s1) {
+        px[u] = load_pack<T, V>(x + base + (row + u * by) * C);
+        if constexpr (TWO) pg[u] = load_pack<T, V>(dy + base + (row + u * by) * C);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (row + u * by < th.s1) f(base + (row + u * by) * C, px[u], pg[u]);
+  }
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 
 template <typename T, int V>
@@ -58,27 +77,18 @@ stats_cl(const T* __restrict__ x, float* __restrict__ ws, Dims d, Geo g) {
   float mean[V], m2[V], cnt = 0.f;
 #pragma unroll
   for (int j = 0; j < V; ++j) mean[j] = 0.f, m2[j] = 0.f;
-  if (th.cols) {
-    const T* xp = x + plan::cl_offset(n, 0, th.c0, d.S, d.C);
-    for (int64_t row = th.s0 + th.ty; row < th.s1; row += by * kUnroll) {
-      Pack<T, V> p[kUnroll];
+  if (th.cols)
+    stream_cl<kUnroll, false, T, V>(th, by, d.C, plan::cl_offset(n, 0, th.c0, d.S, d.C), x, x,
+                                    [&](int64_t, const Pack<T, V>& p, const Pack<T, V>&) {
+      cnt += 1.f;
+      const float inv = __frcp_rn(cnt);  // one reciprocal for the V lanes: they share the count
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (row + u * by < th.s1) p[u] = load_pack<T, V>(xp + (row + u * by) * d.C);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (row + u * by < th.s1) {
-          cnt += 1.f;
-          const float inv = __frcp_rn(cnt);  // one reciprocal for the V lanes: they share the count
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const float v = float(p[u].v[j]), dv = v - mean[j];
-            mean[j] += dv * inv;
-            m2[j] += dv * (v - mean[j]);
-          }
-        }
-    }
-  }
+      for (int j = 0; j < V; ++j) {
+        const float v = float(p.v[j]), dv = v - mean[j];
+        mean[j] += dv * inv;
+        m2[j] += dv * (v - mean[j]);
+      }
+    });
   const int tid = th.tid, bx = g.t.bx;
 #pragma unroll
   for (int j = 0; j < V; ++j) sm[j * kThreads + tid] = mean[j], sq[j * kThreads + tid] = m2[j];
@@ -188,21 +198,13 @@ apply_cl(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ m
     mu[j] = mean[ng];
     d.prm.template coef<T>(n, th.c0 + j, rstd[ng], a[j], b[j]);
   }
-  const int64_t base = plan::cl_offset(n, 0, th.c0, d.S, d.C);
-  for (int64_t row = th.s0 + th.ty; row < th.s1; row += by * kUnroll) {
-    Pack<T, V> p[kUnroll];
+  stream_cl<kUnroll, false, T, V>(th, by, d.C, plan::cl_offset(n, 0, th.c0, d.S, d.C), x, x,
+                                  [&](int64_t off, const Pack<T, V>& p, const Pack<T, V>&) {
+    float o[V];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (row + u * by < th.s1) p[u] = load_pack<T, V>(x + base + (row + u * by) * d.C);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (row + u * by < th.s1) {
-        Pack<T, V> o;
-#pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = T(act<SILU>(a[j] * (float(p[u].v[j]) - mu[j]) + b[j]));
-        store_pack<T, V>(y + base + (row + u * by) * d.C, o);
-      }
-  }
+    for (int j = 0; j < V; ++j) o[j] = act<SILU>(a[j] * (float(p.v[j]) - mu[j]) + b[j]);
+    store_f<T, V>(y + off, o);
+  });
 }
 
 // Row segments of contiguous x: lanes li of segment row `row`, packs q0 + li + i * lpr.
@@ -220,6 +222,25 @@ struct RowSeg {
   }
 };
 
+// The packs of this lane's row segment, U of x (and of grad_y when TWO) in flight: calls
+// f(offset, px, pg) for each.
+template <int U, bool TWO, typename T, int V, typename F>
+__device__ __forceinline__ void stream_seg(const RowSeg& rs, int64_t step, int64_t base, const T* x,
+                                           const T* dy, F f) {
+  for (int64_t q = rs.q0 + rs.li; q < rs.q1; q += step * U) {
+    Pack<T, V> px[U], pg[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (q + u * step < rs.q1) {
+        px[u] = load_pack<T, V>(x + base + (q + u * step) * V);
+        if constexpr (TWO) pg[u] = load_pack<T, V>(dy + base + (q + u * step) * V);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (q + u * step < rs.q1) f(base + (q + u * step) * V, px[u], pg[u]);
+  }
+}
+
 template <typename T, int V, bool SILU>
 __global__ void __launch_bounds__(kThreads)
 apply_rows(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ mean,
@@ -230,22 +251,13 @@ apply_rows(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__
   const float mu = mean[ng];
   float a, b;
   d.prm.template coef<T>(rs.n, rs.c, rstd[ng], a, b);
-  const T* xr = x + rs.row * d.S;
-  T* yr = y + rs.row * d.S;
-  for (int64_t q = rs.q0 + rs.li; q < rs.q1; q += step * kUnroll) {
-    Pack<T, V> p[kUnroll];
+  stream_seg<kUnroll, false, T, V>(rs, step, rs.row * d.S, x, x,
+                                   [&](int64_t off, const Pack<T, V>& p, const Pack<T, V>&) {
+    float o[V];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (q + u * step < rs.q1) p[u] = load_pack<T, V>(xr + (q + u * step) * V);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (q + u * step < rs.q1) {
-        Pack<T, V> o;
-#pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = T(act<SILU>(a * (float(p[u].v[j]) - mu) + b));
-        store_pack<T, V>(yr + (q + u * step) * V, o);
-      }
-  }
+    for (int j = 0; j < V; ++j) o[j] = act<SILU>(a * (float(p.v[j]) - mu) + b);
+    store_f<T, V>(y + off, o);
+  });
 }
 
 // ---- backward -----------------------------------------------------------------------------------
@@ -265,29 +277,17 @@ sums_cl(const T* __restrict__ dy, const T* __restrict__ x, const float* __restri
     mu[j] = mean[ng], rs[j] = rstd[ng], a[j] = 0.f, b[j] = 0.f, s1[j] = 0.f, s2[j] = 0.f;
     if (th.cols) d.prm.template coef<T>(n, th.c0 + j, rs[j], a[j], b[j]);
   }
-  if (th.cols) {
-    const int64_t base = plan::cl_offset(n, 0, th.c0, d.S, d.C);
-    for (int64_t row = th.s0 + th.ty; row < th.s1; row += by * kUnroll) {
-      Pack<T, V> px[kUnroll], pg[kUnroll];
+  if (th.cols)
+    stream_cl<kUnroll, true, T, V>(th, by, d.C, plan::cl_offset(n, 0, th.c0, d.S, d.C), x, dy,
+                                   [&](int64_t, const Pack<T, V>& px, const Pack<T, V>& pg) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (row + u * by < th.s1) {
-          px[u] = load_pack<T, V>(x + base + (row + u * by) * d.C);
-          pg[u] = load_pack<T, V>(dy + base + (row + u * by) * d.C);
-        }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (row + u * by < th.s1) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const float xc = float(px[u].v[j]) - mu[j];
-            const float dz = float(pg[u].v[j]) * act_grad<SILU>(a[j] * xc + b[j]);
-            s1[j] += dz;
-            s2[j] += dz * xc;
-          }
-        }
-    }
-  }
+      for (int j = 0; j < V; ++j) {
+        const float xc = float(px.v[j]) - mu[j];
+        const float dz = float(pg.v[j]) * act_grad<SILU>(a[j] * xc + b[j]);
+        s1[j] += dz;
+        s2[j] += dz * xc;
+      }
+    });
 #pragma unroll
   for (int j = 0; j < V; ++j) r1[j * kThreads + th.tid] = s1[j], r2[j * kThreads + th.tid] = s2[j] * rs[j];
   __syncthreads();
@@ -310,26 +310,16 @@ sums_rows(const T* __restrict__ dy, const T* __restrict__ x, const float* __rest
   float a, b, s1 = 0.f, s2 = 0.f;
   d.prm.template coef<T>(rs.n, rs.c, r, a, b);
   const int64_t base = rs.row < 0 ? 0 : rs.row * d.S;
-  for (int64_t q = rs.q0 + rs.li; q < rs.q1; q += step * kUnroll) {
-    Pack<T, V> px[kUnroll], pg[kUnroll];
+  stream_seg<kUnroll, true, T, V>(rs, step, base, x, dy,
+                                  [&](int64_t, const Pack<T, V>& px, const Pack<T, V>& pg) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (q + u * step < rs.q1) {
-        px[u] = load_pack<T, V>(x + base + (q + u * step) * V);
-        pg[u] = load_pack<T, V>(dy + base + (q + u * step) * V);
-      }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (q + u * step < rs.q1) {
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          const float xc = float(px[u].v[j]) - mu;
-          const float dz = float(pg[u].v[j]) * act_grad<SILU>(a * xc + b);
-          s1 += dz;
-          s2 += dz * xc;
-        }
-      }
-  }
+    for (int j = 0; j < V; ++j) {
+      const float xc = float(px.v[j]) - mu;
+      const float dz = float(pg.v[j]) * act_grad<SILU>(a * xc + b);
+      s1 += dz;
+      s2 += dz * xc;
+    }
+  });
   s2 *= r;
   for (int off = s.lpr / 2; off >= 1; off /= 2) {  // within the segment's lpr lanes
     s1 += __shfl_xor_sync(kFullMask, s1, off);
@@ -420,24 +410,13 @@ dx_cl(const T* __restrict__ dy, const T* __restrict__ x, const float* __restrict
   DxCoef k[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) k[j] = dx_coef<T>(d, mean, rstd, m, n, th.c0 + j);
-  const int64_t base = plan::cl_offset(n, 0, th.c0, d.S, d.C);
-  for (int64_t row = th.s0 + th.ty; row < th.s1; row += by * kUnrollDx) {
-    Pack<T, V> px[kUnrollDx], pg[kUnrollDx];
+  stream_cl<kUnrollDx, true, T, V>(th, by, d.C, plan::cl_offset(n, 0, th.c0, d.S, d.C), x, dy,
+                                   [&](int64_t off, const Pack<T, V>& px, const Pack<T, V>& pg) {
+    float o[V];
 #pragma unroll
-    for (int u = 0; u < kUnrollDx; ++u)
-      if (row + u * by < th.s1) {
-        px[u] = load_pack<T, V>(x + base + (row + u * by) * d.C);
-        pg[u] = load_pack<T, V>(dy + base + (row + u * by) * d.C);
-      }
-#pragma unroll
-    for (int u = 0; u < kUnrollDx; ++u)
-      if (row + u * by < th.s1) {
-        Pack<T, V> o;
-#pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = T(dx_of<SILU>(k[j], float(px[u].v[j]), float(pg[u].v[j])));
-        store_pack<T, V>(dx + base + (row + u * by) * d.C, o);
-      }
-  }
+    for (int j = 0; j < V; ++j) o[j] = dx_of<SILU>(k[j], float(px.v[j]), float(pg.v[j]));
+    store_f<T, V>(dx + off, o);
+  });
 }
 
 template <typename T, int V, bool SILU>
@@ -449,23 +428,13 @@ dx_rows(const T* __restrict__ dy, const T* __restrict__ x, const float* __restri
   if (rs.row < 0) return;
   const DxCoef k = dx_coef<T>(d, mean, rstd, m, rs.n, rs.c);
   const int64_t base = rs.row * d.S, step = int64_t(s.lpr);
-  for (int64_t q = rs.q0 + rs.li; q < rs.q1; q += step * kUnroll) {
-    Pack<T, V> px[kUnroll], pg[kUnroll];
+  stream_seg<kUnroll, true, T, V>(rs, step, base, x, dy,
+                                  [&](int64_t off, const Pack<T, V>& px, const Pack<T, V>& pg) {
+    float o[V];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (q + u * step < rs.q1) {
-        px[u] = load_pack<T, V>(x + base + (q + u * step) * V);
-        pg[u] = load_pack<T, V>(dy + base + (q + u * step) * V);
-      }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (q + u * step < rs.q1) {
-        Pack<T, V> o;
-#pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = T(dx_of<SILU>(k, float(px[u].v[j]), float(pg[u].v[j])));
-        store_pack<T, V>(dx + base + (q + u * step) * V, o);
-      }
-  }
+    for (int j = 0; j < V; ++j) o[j] = dx_of<SILU>(k, float(px.v[j]), float(pg.v[j]));
+    store_f<T, V>(dx + off, o);
+  });
 }
 
 // dweight[c] = sum_n (1 + scale) S2, dbias[c] = sum_n (1 + scale) S1: a thread per channel.
@@ -484,28 +453,6 @@ param_grad(const float* __restrict__ sums, Dims d, float* __restrict__ dw, float
 }
 
 // ---- host ---------------------------------------------------------------------------------------
-
-#define FG_DISPATCH_WIDTH(width, ...)     \
-  [&] {                                   \
-    if (width > 1) {                      \
-      constexpr int V = 16 / sizeof(T);   \
-      __VA_ARGS__();                      \
-    } else {                              \
-      constexpr int V = 1;                \
-      __VA_ARGS__();                      \
-    }                                     \
-  }()
-
-#define FG_DISPATCH_SILU(flag, ...) \
-  [&] {                             \
-    if (flag) {                     \
-      constexpr bool SILU = true;   \
-      __VA_ARGS__();                \
-    } else {                        \
-      constexpr bool SILU = false;  \
-      __VA_ARGS__();                \
-    }                               \
-  }()
 
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 

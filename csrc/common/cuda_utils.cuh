@@ -15,7 +15,8 @@ namespace fastguide::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// V consecutive elements moved as one access (16 bytes when V * sizeof(T) == 16).
+// V consecutive elements loaded as one access (16 bytes when V * sizeof(T) == 16). Stores go
+// through Words / store_f below.
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
@@ -26,10 +27,6 @@ __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T, V>*>(p);
 }
 
-template <typename T, int V>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
-  *reinterpret_cast<Pack<T, V>*>(p) = v;
-}
 
 // 16 bytes of T held as four 32-bit words, element j converted to float at each use. Kernels
 // that keep many packs in registers across several passes hold them this way and call
@@ -74,8 +71,36 @@ struct Words {
     }
     return {make_uint4(u[0], u[1], u[2], u[3])};
   }
-  __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = w; }
+  // One 16-byte store, in PTX: written as a uint4 assignment, nvcc split some of these into
+  // four 32-bit stores (seen in the SASS of the multi-pass kernels).
+  __device__ __forceinline__ void store(T* p) const {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.x), "r"(w.y), "r"(w.z),
+                 "r"(w.w)
+                 : "memory");
+  }
 };
+
+// V elements of T as floats, and back (rounded to T): one 16-byte access when V > 1.
+template <typename T, int V>
+__device__ __forceinline__ void load_f(const T* p, float (&f)[V]) {
+  if constexpr (V == 1) {
+    f[0] = float(*p);
+  } else {
+    static_assert(V * sizeof(T) == 16, "packs are 16 bytes");
+    const Words<T> w = Words<T>::load(p);
+#pragma unroll
+    for (int j = 0; j < V; ++j) f[j] = w.get(j);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_f(T* p, const float (&f)[V]) {
+  if constexpr (V == 1) {
+    *p = T(f[0]);
+  } else {
+    Words<T>::of(f).store(p);
+  }
+}
 
 // An empty barrier the compiler must assume changes w: values derived from it before cannot be
 // reused after it.

@@ -21,31 +21,11 @@
 namespace fastguide::sampler {
 namespace {
 
+using cuda::load_f;
 using cuda::resident_ctas;
-using cuda::Words;
+using cuda::store_f;
 
 constexpr int kThreads = 256;
-
-// V elements of T as floats (one 16-byte access when V > 1).
-template <typename T, int V>
-__device__ __forceinline__ void load_f(const T* p, float (&f)[V]) {
-  if constexpr (V == 1) {
-    f[0] = float(*p);
-  } else {
-    const Words<T> w = Words<T>::load(p);
-#pragma unroll
-    for (int j = 0; j < V; ++j) f[j] = w.get(j);
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_f(T* p, const float (&f)[V]) {
-  if constexpr (V == 1) {
-    *p = T(f[0]);
-  } else {
-    Words<T>::of(f).store(p);
-  }
-}
 
 template <typename T>
 struct StepArgs {

@@ -64,7 +64,8 @@ def _capability(index: int) -> str:
 
 def device_key(device):
     """"cpu", "sm_90", ...: the device part of a dispatch key."""
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if device.type != "cuda":
         return device.type
     return _capability(device.index if device.index is not None else torch.cuda.current_device())
@@ -115,12 +116,19 @@ _RECORD = None  # a list while dispatch_report runs a model, else None
 _LAYERS = []    # names of the layers being run (dispatch_report's hooks)
 
 
-def resolve(op, backend, key_fn):
-    """The path a call takes: "kernel", the alternative, or "reference". key_fn() gives the
-    dispatch key; it is only evaluated for "fused" (and while a report is recorded)."""
+def resolve(op, backend, device, key_fn):
+    """The path a call on `device` takes: "kernel", the alternative, or "reference". key_fn()
+    gives the full dispatch key; it is only built when the table has entries for the device
+    (and while a report is recorded): the common cases cost a device check."""
     path = backend
     if backend == "fused":
-        path = choose(key_fn())
+        dev = device_key(device)
+        if not dev.startswith("sm_"):
+            path = "kernel"
+        elif not any(k[1] == dev for k in TABLE):
+            path = ALTERNATIVE[op]
+        else:
+            path = choose(key_fn())
     if _RECORD is not None:
         _RECORD.append({"layer": _LAYERS[-1] if _LAYERS else "", "op": op, "backend": backend,
                         "path": path, "key": list(key_fn())})

@@ -73,7 +73,8 @@ def qkv_attention(qkv, num_heads, order="legacy", backend="fused"):
     """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
-    path = dispatch.resolve("attention", backend, lambda: dispatch.attention_key(qkv, num_heads))
+    path = dispatch.resolve("attention", backend, qkv.device,
+                            lambda: dispatch.attention_key(qkv, num_heads))
     if path == "reference":
         return qkv_attention_reference(qkv, num_heads, order)
     if path == "sdpa":

@@ -42,7 +42,7 @@ class GroupNormAct(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x, scale=None, shift=None):
-        path = dispatch.resolve("adagn", self.backend, lambda: dispatch.adagn_key(x))
+        path = dispatch.resolve("adagn", self.backend, x.device, lambda: dispatch.adagn_key(x))
         return _IMPLS[path](x, self.num_groups, self.weight, self.bias, scale, shift, self.act,
                             self.eps)
 
