@@ -49,8 +49,8 @@ def kernel_layout_like(x):
 def is_dense(x):
     """True when x's elements fill one block of memory in some order of its dims (contiguous,
     channels-last or any other permutation): the layouts the sampler steps take without a copy."""
-    expected = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz != 1):
+    expected = 1  # as torch's own test: dims of size 0 or 1 do not count
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
         if stride != expected:
             return False
         expected *= size
