@@ -80,6 +80,23 @@ def attention_reference(qkv, num_heads, order="legacy"):
     return torch.einsum("nhts,nhcs->nhct", w, v).reshape(n, -1, length).to(qkv.dtype)
 
 
+def _device_limits(device):
+    if isinstance(device, str) and device in DEVICE_LIMITS:
+        return DEVICE_LIMITS[device]
+    if isinstance(device, tuple) and len(device) == 4 and all(isinstance(v, int) for v in device):
+        return device
+    cuda = device is None or (isinstance(device, torch.device) and device.type == "cuda") or \
+        (isinstance(device, str) and device.startswith("cuda"))
+    if not cuda:
+        raise ValueError(f"device must be one of {sorted(DEVICE_LIMITS)}, a (smem_optin, num_sms, "
+                         f"major, minor) tuple or a CUDA device, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError("no CUDA device here: name one of DEVICE_LIMITS or give (smem_optin, "
+                         "num_sms, major, minor)")
+    p = torch.cuda.get_device_properties(torch.device("cuda") if device is None else device)
+    return p.shared_memory_per_block_optin, p.multi_processor_count, p.major, p.minor
+
+
 def attention_cuda_plan(dtype, head_dim, length, batch_heads, device=None):
     """The CUDA kernels and tiles attention would use: a line such as
     "tensor cores: Dp 64, forward 128x64, ..." or "<reason>: SIMT kernels". device is a name in
@@ -91,16 +108,7 @@ def attention_cuda_plan(dtype, head_dim, length, batch_heads, device=None):
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "head_dim" else 0):
             raise ValueError(f"{name} must be a {'positive' if name == 'head_dim' else 'non-negative'} "
                              f"int, got {v!r}")
-    if isinstance(device, str) and device in DEVICE_LIMITS:
-        limits = DEVICE_LIMITS[device]
-    elif isinstance(device, tuple) and len(device) == 4:
-        limits = device
-    else:
-        if not torch.cuda.is_available():
-            raise ValueError(f"device must be one of {sorted(DEVICE_LIMITS)} or a (smem_optin, "
-                             f"num_sms, major, minor) tuple when no GPU is present, got {device!r}")
-        p = torch.cuda.get_device_properties(torch.device("cuda") if device is None else device)
-        limits = (p.shared_memory_per_block_optin, p.multi_processor_count, p.major, p.minor)
+    limits = _device_limits(device)
     return torch.ops.fastguide.attention_cuda_plan(dtype, head_dim, length, batch_heads, *limits)
 
 
