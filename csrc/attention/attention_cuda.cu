@@ -48,8 +48,9 @@ View view_of(const at::Tensor& t) { return {t.stride(0), t.stride(2), t.stride(1
 bool fits(const at::Tensor& t, bool tokens) {
   if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
   if (t.size(0) > 1 && t.stride(0) % 8 != 0) return false;
-  if (tokens) return t.stride(1) == 1 && (t.size(2) == 1 || t.stride(2) % 8 == 0);
-  return t.stride(2) == 1 && t.size(2) % 8 == 0 && t.stride(1) % 8 == 0;
+  if (tokens)
+    return t.stride(1) == 1 && (t.size(2) == 1 || (t.stride(2) % 8 == 0 && std::abs(t.stride(2)) < kMaxTcStride));
+  return t.stride(2) == 1 && t.size(2) % 8 == 0 && t.stride(1) % 8 == 0 && std::abs(t.stride(1)) < kMaxTcStride;
 }
 
 // A new [N, K, L] tensor in the tokens-major or channel-major layout.

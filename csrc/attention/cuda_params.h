@@ -6,6 +6,10 @@
 
 namespace fastguide::attention {
 
+// Largest row stride (elements) the tensor-core kernels take in place: a tile spans at most 256
+// stored rows, so offsets inside it stay below 2^31. Larger strides go through a copy.
+constexpr int64_t kMaxTcStride = (int64_t(1) << 31) / 512;
+
 // A logical [N, K, L] tensor as element strides of batch, sequence position and channel.
 struct View {
   int64_t n, seq, dim;

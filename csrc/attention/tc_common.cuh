@@ -105,13 +105,14 @@ __device__ __forceinline__ float quad_sum(float v) {
 // Rows [seq0, seq0 + Tile::seq) x dims [0, Tile::dim) of one head part into a shared tile with
 // cp.async (CopyMap in tc_layout.h). part is the part's (seq 0, dim 0); stride the global stride
 // of stored rows (tokens-major: position stride, channel stride 1; channel-major: the other way
-// round). Chunks at seq >= L or dim >= d are zero-filled (d % 8 == 0; in channel-major memory
+// round; the host keeps it below kMaxTcStride, so offsets inside a tile fit 32 bits). Chunks at
+// seq >= L or dim >= d are zero-filled and not read (d % 8 == 0; in channel-major memory
 // L % 8 == 0, so chunks never straddle L).
 template <class Tile, int kThreads, typename T>
 __device__ __forceinline__ void load_tile(uint32_t dst, const T* part, int64_t stride, int seq0,
                                           int L, int d) {
   using M = CopyMap<Tile, kThreads>;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, s32 = int(stride);  // in-tile offsets fit 32 bits (kMaxTcStride)
   const T* base = part + (Tile::tokens ? seq0 * stride : seq0);
   const int rows = Tile::tokens ? L - seq0 : d, cols = Tile::tokens ? d : L - seq0;
 #pragma unroll
@@ -122,7 +123,7 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const T* part, int64_t s
     for (int k = 0; k < M::per_row; ++k) {
       const int c = M::col(tid, k);
       const bool valid = r < rows && c < cols;
-      cp_async16(dst + 2 * M::S::offset(r, c), valid ? base + r * stride + c : part, valid);
+      cp_async16(dst + 2 * M::S::offset(r, c), base + (valid ? r * s32 + c : 0), valid);
     }
   }
 }
@@ -132,7 +133,7 @@ template <class Tile, int kThreads, typename T>
 __device__ __forceinline__ void store_tile(const unsigned char* src, T* part, int64_t stride, int seq0,
                                            int L, int d) {
   using M = CopyMap<Tile, kThreads>;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, s32 = int(stride);
   T* base = part + (Tile::tokens ? seq0 * stride : seq0);
   const int rows = Tile::tokens ? L - seq0 : d, cols = Tile::tokens ? d : L - seq0;
 #pragma unroll
@@ -143,7 +144,7 @@ __device__ __forceinline__ void store_tile(const unsigned char* src, T* part, in
     for (int k = 0; k < M::per_row; ++k) {
       const int c = M::col(tid, k);
       if (r < rows && c < cols)
-        *reinterpret_cast<uint4*>(base + r * stride + c) =
+        *reinterpret_cast<uint4*>(base + r * s32 + c) =
             *reinterpret_cast<const uint4*>(src + 2 * M::S::offset(r, c));
     }
   }
