@@ -24,7 +24,6 @@ enum KvMode : int { kBoth = 0, kOnlyDK = 1, kOnlyDV = 2 };
 template <typename T, int Dp, int kWarps, int Bc, int kStages, bool kTokens>
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_dq_tc_kernel(const BwdParams p) {
   constexpr int Br = 16 * kWarps, kThreads = 32 * kWarps;
-  static_assert(kStages == 1 || kStages == 2, "stages");
   using QT = SeqTile<Br, Dp, kTokens>;
   using KT = SeqTile<Bc, Dp, kTokens>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -63,14 +62,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_dq_tc_kernel(const BwdPar
   const int nk = (L + Bc - 1) / Bc;
   for (int j = 0; j < nk; ++j) {
     const int st = kStages == 2 ? (j & 1) : 0;
-    if constexpr (kStages == 2) {
-      if (j + 1 < nk) load_kv(j + 1, st ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    pipeline_enter<kStages>(j, nk, load_kv);
 
     float s[Bc / 8][4], dp[Bc / 8][4];
     zero(s);
@@ -87,11 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_dq_tc_kernel(const BwdPar
         s[nt][e] = pr * (dp[nt][e] - dlt[r]);  // dS
       }
     gemm_pY<T, KT>(dq, s, sK(st), lane);
-    __syncthreads();
-    if constexpr (kStages == 1) {
-      if (j + 1 < nk) load_kv(j + 1, 0);
-      cp_async_commit();
-    }
+    pipeline_leave<kStages>(j, nk, load_kv);
   }
 
   const float mul[2] = {p.scale, p.scale};
@@ -105,7 +93,6 @@ template <typename T, int Dp, int kWarps, int Br, int kStages, int kMode, bool k
 __global__ void __launch_bounds__(kWarps * 32, 1) attn_dkdv_tc_kernel(const BwdParams p) {
   constexpr int Bc = 16 * kWarps, kThreads = 32 * kWarps;
   constexpr bool kDK = kMode != kOnlyDV, kDV = kMode != kOnlyDK;
-  static_assert(kStages == 1 || kStages == 2, "stages");
   using KT = SeqTile<Bc, Dp, kTokens>;
   using QT = SeqTile<Br, Dp, kTokens>;
   constexpr int kStageBytes = 2 * QT::bytes + 2 * Br * 4;  // Q, dO, lse, D
@@ -147,14 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_dkdv_tc_kernel(const BwdP
   const int nq = (L + Br - 1) / Br;
   for (int i = 0; i < nq; ++i) {
     const int st = kStages == 2 ? (i & 1) : 0;
-    if constexpr (kStages == 2) {
-      if (i + 1 < nq) load_q(i + 1, st ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    pipeline_enter<kStages>(i, nq, load_q);
 
     const float* lse = lse_at(st);
     const float* dlt = lse + Br;
@@ -183,11 +163,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attn_dkdv_tc_kernel(const BwdP
         }
       gemm_pY<T, QT>(dk, dp, sQ(st), lane);  // dK += dS^T Q
     }
-    __syncthreads();
-    if constexpr (kStages == 1) {
-      if (i + 1 < nq) load_q(i + 1, 0);
-      cp_async_commit();
-    }
+    pipeline_leave<kStages>(i, nq, load_q);
   }
 
   // K's and V's tiles are free: stage dK (times 1/sqrt(d)) and dV there, then store both.

@@ -102,18 +102,16 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // ---- tiles --------------------------------------------------------------------------------------
 
-// Rows [seq0, seq0 + Tile::seq) x dims [0, Tile::dim) of one head part into a shared tile with
-// cp.async (CopyMap in tc_layout.h). part is the part's (seq 0, dim 0); stride the global stride
-// of stored rows (tokens-major: position stride, channel stride 1; channel-major: the other way
-// round; the host keeps it below kMaxTcStride, so offsets inside a tile fit 32 bits). Chunks at
-// seq >= L or dim >= d are zero-filled and not read (d % 8 == 0; in channel-major memory
-// L % 8 == 0, so chunks never straddle L).
-template <class Tile, int kThreads, typename T>
-__device__ __forceinline__ void load_tile(uint32_t dst, const T* part, int64_t stride, int seq0,
-                                          int L, int d) {
+// Calls f(stored offset, global offset, valid) for this thread's 16-byte chunks of a tile that
+// starts at seq0 (CopyMap in tc_layout.h). In global memory the tile's stored (row, col) is
+// row * stride + col past its (seq0, dim 0), stride being the global stride of stored rows
+// (tokens-major: position stride; channel-major: channel stride); the host keeps it below
+// kMaxTcStride, so offsets inside a tile fit 32 bits. Chunks at seq >= L or dim >= d are not
+// valid (d % 8 == 0; in channel-major memory L % 8 == 0, so chunks never straddle L).
+template <class Tile, int kThreads, class F>
+__device__ __forceinline__ void for_each_chunk(int64_t stride, int seq0, int L, int d, F&& f) {
   using M = CopyMap<Tile, kThreads>;
-  const int tid = threadIdx.x, s32 = int(stride);  // in-tile offsets fit 32 bits (kMaxTcStride)
-  const T* base = part + (Tile::tokens ? seq0 * stride : seq0);
+  const int tid = threadIdx.x, s32 = int(stride);
   const int rows = Tile::tokens ? L - seq0 : d, cols = Tile::tokens ? d : L - seq0;
 #pragma unroll
   for (int st = 0; st < M::steps; ++st) {
@@ -122,31 +120,60 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const T* part, int64_t s
 #pragma unroll
     for (int k = 0; k < M::per_row; ++k) {
       const int c = M::col(tid, k);
-      const bool valid = r < rows && c < cols;
-      cp_async16(dst + 2 * M::S::offset(r, c), base + (valid ? r * s32 + c : 0), valid);
+      f(M::S::offset(r, c), r * s32 + c, r < rows && c < cols);
     }
   }
+}
+
+template <bool kTokens, typename T>
+__device__ __forceinline__ T* tile_origin(T* part, int64_t stride, int seq0) {
+  return part + (kTokens ? seq0 * stride : seq0);
+}
+
+// Rows [seq0, seq0 + Tile::seq) x dims [0, Tile::dim) of one head part (part: its seq 0, dim 0)
+// into a shared tile with cp.async; chunks beyond L or d are zero-filled, not read.
+template <class Tile, int kThreads, typename T>
+__device__ __forceinline__ void load_tile(uint32_t dst, const T* part, int64_t stride, int seq0,
+                                          int L, int d) {
+  const T* base = tile_origin<Tile::tokens>(part, stride, seq0);
+  for_each_chunk<Tile, kThreads>(stride, seq0, L, d, [&](int so, int go, bool valid) {
+    cp_async16(dst + 2 * so, valid ? base + go : part, valid);
+  });
 }
 
 // The inverse: a shared tile to global memory, 16 bytes a chunk, skipping seq >= L and dim >= d.
 template <class Tile, int kThreads, typename T>
 __device__ __forceinline__ void store_tile(const unsigned char* src, T* part, int64_t stride, int seq0,
                                            int L, int d) {
-  using M = CopyMap<Tile, kThreads>;
-  const int tid = threadIdx.x, s32 = int(stride);
-  T* base = part + (Tile::tokens ? seq0 * stride : seq0);
-  const int rows = Tile::tokens ? L - seq0 : d, cols = Tile::tokens ? d : L - seq0;
-#pragma unroll
-  for (int st = 0; st < M::steps; ++st) {
-    const int r = M::row(tid, st);
-    if (!M::in_tile(r)) continue;
-#pragma unroll
-    for (int k = 0; k < M::per_row; ++k) {
-      const int c = M::col(tid, k);
-      if (r < rows && c < cols)
-        *reinterpret_cast<uint4*>(base + r * s32 + c) =
-            *reinterpret_cast<const uint4*>(src + 2 * M::S::offset(r, c));
-    }
+  T* base = tile_origin<Tile::tokens>(part, stride, seq0);
+  for_each_chunk<Tile, kThreads>(stride, seq0, L, d, [&](int so, int go, bool valid) {
+    if (valid) *reinterpret_cast<uint4*>(base + go) = *reinterpret_cast<const uint4*>(src + 2 * so);
+  });
+}
+
+// The streamed operand of a kernel goes through kStages shared buffers. Before tile j of n is
+// computed: with 2 stages, tile j + 1 starts loading into the other buffer (load(j + 1, stage)
+// issues its cp.async) and tile j is waited for; with 1 stage, tile j (issued at the end of the
+// previous step) is waited for. The barrier then publishes the tile to every warp.
+template <int kStages, class Load>
+__device__ __forceinline__ void pipeline_enter(int j, int n, Load&& load) {
+  static_assert(kStages == 1 || kStages == 2, "stages");
+  if constexpr (kStages == 2) {
+    if (j + 1 < n) load(j + 1, (j + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+// After tile j: every warp is done with its buffer before it is refilled.
+template <int kStages, class Load>
+__device__ __forceinline__ void pipeline_leave(int j, int n, Load&& load) {
+  __syncthreads();
+  if constexpr (kStages == 1) {
+    if (j + 1 < n) load(j + 1, 0);
+    cp_async_commit();
   }
 }
 

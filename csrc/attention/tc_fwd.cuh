@@ -54,10 +54,7 @@ __global__ void __launch_bounds__(kWarps * 32, fwd_min_blocks<Dp, kWarps>())
   const int nk = (L + Bc - 1) / Bc;
   for (int j = 0; j < nk; ++j) {
     const int st = j & 1;
-    if (j + 1 < nk) load_kv(j + 1, st ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();  // tile j (and Q) landed; tile j + 1 may still be in flight
-    __syncthreads();
+    pipeline_enter<2>(j, nk, load_kv);  // tile j (and Q) landed; tile j + 1 in flight
 
     float s[Bc / 8][4];
     zero(s);
@@ -92,7 +89,7 @@ __global__ void __launch_bounds__(kWarps * 32, fwd_min_blocks<Dp, kWarps>())
       for (int dn = 0; dn < Dp / 8; ++dn) o[dn][2 * r] *= alpha, o[dn][2 * r + 1] *= alpha;
     }
     gemm_pY<T, KT>(o, s, sV(st), lane);
-    __syncthreads();  // every warp is done with stage st before it is refilled
+    pipeline_leave<2>(j, nk, load_kv);
   }
 
   float inv[2];
