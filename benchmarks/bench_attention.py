@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from timing import copy_bandwidth, median_time, run_metadata, write_json  # noqa: E402
 
+from fastguide import dispatch  # noqa: E402
 from fastguide.ops import attention  # noqa: E402
 from fastguide.ops.attention import attention_cuda_plan  # noqa: E402
 
@@ -110,6 +111,20 @@ def paper_bound(batch, heads, length, dtype, bandwidth):
             fwd_flops, bwd_flops)
 
 
+def add_dispatch_entries(row, cands, qkv, nchw, heads):
+    """Entries for fastguide.dispatch: each layout's kernel against the fastest SDPA backend
+    measured (the alternative must not win whatever backend SDPA would pick)."""
+    sdpas = [k for k in cands if k.startswith("sdpa") and "fwd_s" in row[k]]
+    entries = []
+    for name, x in (("kernel", qkv), ("kernel_nchw", nchw)):
+        if sdpas and "fwd_s" in row.get(name, {}):
+            key = list(dispatch.attention_key(x, heads))
+            entries += [{"key": key, "pass": p, "kernel_s": row[name][f"{p}_s"],
+                         "alternative_s": min(row[s][f"{p}_s"] for s in sdpas)} for p in ("fwd", "bwd")]
+    if entries:
+        row["dispatch"] = entries
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -157,6 +172,7 @@ def main(argv=None):
                         r["bwd_of_bound"] = row["bound_bwd_s"] / r["bwd_s"]
                 row[name] = r
             rows.append(row)
+            add_dispatch_entries(row, cands, qkv, nchw, heads)
             k = row["kernel"]
             if "fwd_s" not in k:
                 print(f"N={batch:2d} L={length:5d} H={heads:2d}  kernel failed: {k['skipped']}", flush=True)

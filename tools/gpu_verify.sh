@@ -80,7 +80,7 @@ stage_models() {
   set -o pipefail
   local dev
   dev=$(device_name)
-  $PY -m fastguide.bench --suite gpu --time-budget "$MODELS_BUDGET" --out "$OUT/models_$dev.json" | tail -20
+  $PY -m fastguide.bench --suite gpu --time-budget "$MODELS_BUDGET" --out "$OUT/models_$dev.json" --overwrite | tail -20
   return "${PIPESTATUS[0]}"
 }
 export -f stage_build stage_test stage_sanitize stage_bench stage_models device_name

@@ -139,10 +139,13 @@ def sampler_cases():
 
 
 def attention_cases(quick):
-    cases = [(64, 64, torch.bfloat16), (200, 64, torch.float16), (300, 128, torch.bfloat16),
+    # (length, head dim, dtype): each tensor-core bucket kind (Dp 64/128/192/256, padded 40, a
+    # partial last tile, the copy path of channel-major L = 65) and the fp32 SIMT path.
+    cases = [(64, 64, torch.bfloat16), (300, 128, torch.bfloat16), (72, 256, torch.float16),
+             (200, 64, torch.float16), (65, 40, torch.bfloat16), (33, 192, torch.bfloat16),
              (65, 32, torch.bfloat16), (50, 24, torch.float32)]
     g = torch.Generator(device="cuda").manual_seed(2)
-    for length, ch, dtype in (cases[:2] if quick else cases):
+    for length, ch, dtype in (cases[:3] if quick else cases):
         for tokens in (True, False):
             for order in ("legacy", "new"):
                 qkv = torch.randn(2, 3 * 4 * ch, length, device="cuda", generator=g).to(dtype)
