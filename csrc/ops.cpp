@@ -2,6 +2,8 @@
 // own folders (adagn/, attention/, sampler/); fake kernels and autograd live in Python.
 #include <torch/library.h>
 
+#include "adagn/adagn_path.h"
+
 TORCH_LIBRARY(fastguide, m) {
   // Fused adaptive GroupNorm: y = act((GroupNorm(x)*weight + bias) * (1 + scale) + shift).
   // Returns y (dtype and layout of x) and the per-(n, group) mean and rstd (fp32; fp64 for fp64 x).
@@ -14,6 +16,11 @@ TORCH_LIBRARY(fastguide, m) {
       "group_norm_act_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, int num_groups, "
       "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // For the tests (adagn/adagn_plan_check.cpp): the CUDA path switch (0 auto, 1 always the
+  // multi-pass kernels; returns the previous setting), and the launch plans of a problem on a
+  // described device with a walk of every element they touch (no GPU needed).
+  m.def("_adagn_set_path(int path) -> int", &fastguide::adagn::set_path);
+  m.def("_adagn_plan(int[] problem, int[] device, bool check) -> int[]", &fastguide::adagn::plan_op);
 
   // Fused sampler steps (sampler/sampler.h has the maths and the coefficient rows). x is
   // [B, C, *spatial]; model_output is [B or 2B, C or 2C, *spatial]: 2B rows are

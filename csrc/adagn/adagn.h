@@ -67,4 +67,19 @@ inline at::ScalarType stats_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The backward's own inputs: grad_y like x (shape, dtype, device), mean and rstd [N, G] in the
+// statistics dtype on x's device. A tensor on another device would be read through a foreign
+// pointer, so every one is checked.
+inline void check_backward_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                  const at::Tensor& rstd, const Shape& s) {
+  const char* op = "group_norm_act_backward";
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), op,
+              ": grad_y must match x in shape and dtype");
+  check_same_device(op, x, {{&dy, "grad_y"}, {&mean, "mean"}, {&rstd, "rstd"}});
+  const auto acc = stats_dtype(x);
+  TORCH_CHECK(mean.sizes() == at::IntArrayRef({s.N, s.G}) && mean.scalar_type() == acc &&
+                  rstd.sizes() == mean.sizes() && rstd.scalar_type() == acc,
+              op, ": mean and rstd must be [N, num_groups] in ", acc);
+}
+
 }  // namespace fastguide::adagn

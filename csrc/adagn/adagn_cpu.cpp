@@ -63,12 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
     const std::optional<at::Tensor>& shift, bool silu) {
   const Shape s = check_inputs(x_in, G, weight, bias, scale, shift);
-  TORCH_CHECK(dy_in.sizes() == x_in.sizes() && dy_in.scalar_type() == x_in.scalar_type(),
-              "group_norm_act_backward: grad_y must match x in shape and dtype");
+  check_backward_inputs(dy_in, x_in, mean_in, rstd_in, s);
   const auto acc = stats_dtype(x_in);
-  TORCH_CHECK(mean_in.sizes() == at::IntArrayRef({s.N, G}) && mean_in.scalar_type() == acc &&
-                  rstd_in.sizes() == mean_in.sizes() && rstd_in.scalar_type() == acc,
-              "group_norm_act_backward: mean and rstd must be [N, num_groups] in ", acc);
   const at::Tensor x = s.channels_last ? x_in : x_in.contiguous();
   const at::Tensor dy = same_layout(dy_in, x);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();

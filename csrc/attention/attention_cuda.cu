@@ -1,436 +1,180 @@
-// Multi-head attention on CUDA.
+// Multi-head attention on CUDA: argument checks, the plan (tensor cores or SIMT, tile sizes from
+// the device's limits: tc_config.h), the memory layout the kernels read in place, and the op
+// registrations. The kernels: tc_fwd.cuh / tc_bwd.cuh (fp16/bf16, FlashAttention-2 style on
+// mma.sync) and attention_simt.cu (fp32 and the rest).
 //
-// Forward, fast path (fp16/bf16, head dim 32/64/128): flash-attention on tensor cores (WMMA,
-// i.e. mma.sync). A block owns 64 queries of one (n, head), 16 per warp; it walks the keys in
-// tiles of KT, S = Q K^T on tensor cores into shared memory, an online softmax per row (running
-// max m and sum l, fp32), then O += P V on tensor cores. With KT >= L (the short-sequence path,
-// L <= 256) there is a single tile: K and V sit wholly in shared memory and nothing is rescaled.
-// Forward, fallback (fp32, other head dims): one warp per query row, online softmax in registers.
-// Backward (flash-style, from the saved log-sum-exp, no L x L memory): D_i = rowsum(dO_i * O_i);
-// one kernel gives dQ (a warp per query row), one gives dK and dV (a warp per key row).
+// The tensor-core kernels read and write each tensor in place in one of two layouts, tokens-major
+// (channel stride 1) or channel-major (position stride 1), given 16-byte alignment: pointer,
+// batch stride and the other stride multiples of 8 elements, and in channel-major memory
+// L % 8 == 0. Anything else (a channel-major qkv with L = 65, an odd strided view, a grad_out in
+// the other layout than qkv) is copied once into the tokens-major layout first, and an output the
+// kernels cannot write in place is written to a temporary and copied back.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <mma.h>
-#include <type_traits>
 #include <torch/library.h>
 
+#include <cmath>
+#include <mutex>
+
 #include "attention/attention.h"
+#include "attention/attention_cuda.h"
 #include "common/cuda_utils.cuh"
 
 namespace fastguide::attention {
+
+const tc::DeviceLimits& device_limits(int device) {
+  static std::once_flag once[kMaxDevices];
+  static tc::DeviceLimits cache[kMaxDevices];
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "attention: device index ", device, " out of range");
+  std::call_once(once[device], [&] {
+    tc::DeviceLimits v{};
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v.num_sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v.cc_major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v.cc_minor, cudaDevAttrComputeCapabilityMinor, device));
+    cache[device] = v;
+  });
+  return cache[device];
+}
+
 namespace {
 
-using fastguide::cuda::ceil_div;
-using fastguide::cuda::kFullMask;
-using fastguide::cuda::warp_sum;
-namespace wmma = nvcuda::wmma;
+constexpr float kLog2e = 1.4426950408889634f;
 
-constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kRowsPerWarp = 16, kBlockQ = kWarps * kRowsPerWarp;  // 64 queries a block
-constexpr int kMaxFallbackDim = 512;
+View view_of(const at::Tensor& t) { return {t.stride(0), t.stride(2), t.stride(1)}; }
 
-// Strided access to qkv / out / grads: element (n, channel, l).
-struct Strides {
-  int64_t n, c, l;
-};
-inline Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+// Whether the tensor-core kernels can read or write the [N, K, L] tensor t in place.
+bool fits(const at::Tensor& t, bool tokens) {
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  if (t.size(0) > 1 && t.stride(0) % 8 != 0) return false;
+  if (tokens)
+    return t.stride(1) == 1 && (t.size(2) == 1 || (t.stride(2) % 8 == 0 && std::abs(t.stride(2)) < kMaxTcStride));
+  return t.stride(2) == 1 && t.size(2) % 8 == 0 && t.stride(1) % 8 == 0 && std::abs(t.stride(1)) < kMaxTcStride;
+}
 
-struct Geo {  // what every kernel needs to find head h's channels
-  int64_t C, L, H, ch;
-  bool new_order;
-  __device__ int64_t qkv_channel(int64_t h, int p, int64_t d) const {
-    return new_order ? p * C + h * ch + d : h * 3 * ch + p * ch + d;
+// A new [N, K, L] tensor in the tokens-major or channel-major layout.
+at::Tensor empty_layout(const at::Tensor& like, int64_t K, bool tokens) {
+  const int64_t N = like.size(0), L = like.size(2);
+  if (tokens) return at::empty({N, L, K}, like.options()).transpose(1, 2);
+  return at::empty({N, K, L}, like.options());
+}
+
+// t itself when the kernels can read it in the layout, else a copy in it.
+at::Tensor readable(const at::Tensor& t, bool tokens) {
+  return fits(t, tokens) ? t : empty_layout(t, t.size(1), tokens).copy_(t);
+}
+
+void check_cuda(const char* op, const Shape& s, const at::Tensor& qkv) {
+  TORCH_CHECK(qkv.scalar_type() != at::kDouble, op, ": float64 is supported on the CPU only");
+  TORCH_CHECK(s.ch <= tc::kMaxSimtDim, op, ": head dim ", s.ch, " exceeds ", tc::kMaxSimtDim, " on CUDA");
+  TORCH_CHECK(s.N <= 65535 && s.H <= 65535, op, ": batch and heads must be at most 65535 on CUDA");
+  TORCH_CHECK(s.L <= (int64_t(1) << 30), op, ": sequence length ", s.L, " is too long for CUDA");
+}
+
+tc::Plan plan_for(const at::Tensor& qkv, const Shape& s) {
+  const bool half = qkv.scalar_type() == at::kHalf || qkv.scalar_type() == at::kBFloat16;
+  return tc::make_plan(half, s.ch, s.L, s.N * s.H, device_limits(qkv.get_device()));
+}
+
+HeadGeo geo_of(const Shape& s) { return {s.C, s.ch, s.new_order}; }
+
+// The padded-dim template of the tensor-core launchers, from the plan's runtime Dp.
+template <typename F>
+void with_dp(int dp, F&& f) {
+  switch (dp) {
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 96: return f(std::integral_constant<int, 96>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 160: return f(std::integral_constant<int, 160>{});
+    case 192: return f(std::integral_constant<int, 192>{});
+    case 256: return f(std::integral_constant<int, 256>{});
+    default: TORCH_CHECK(false, "attention: no tensor-core kernels for padded head dim ", dp);
   }
-};
+}
 
 template <typename T>
-struct WmmaType;  // the WMMA element type of a torch dtype
-template <>
-struct WmmaType<at::Half> {
-  using type = half;
-};
-template <>
-struct WmmaType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-// ---- forward, tensor cores -------------------------------------------------------------------
-
-template <int D, int KT>
-struct Smem {  // dynamic shared memory layout of one block, in bytes
-  static constexpr int q = kBlockQ * D * 2, k = KT * D * 2, v = KT * D * 2;
-  static constexpr int s = kWarps * kRowsPerWarp * KT * 4, p = kWarps * kRowsPerWarp * KT * 2;
-  static constexpr int o = kWarps * kRowsPerWarp * D * 4, stats = 2 * kBlockQ * 4;
-  static constexpr int total = q + k + v + s + p + o + stats;
-};
-
-// Loads rows [r0, r0 + rows) of part p of head h (zero beyond L) as a [rows][D] tile.
-template <typename T, int D>
-__device__ void load_tile(T* dst, const T* qkv, Strides st, const Geo& g, int64_t n, int64_t h,
-                          int p, int64_t r0, int rows) {
-  const int64_t c0 = g.qkv_channel(h, p, 0);
-  const T zero = T(0.f);
-  for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
-    // Walk memory order: d fastest when channels are contiguous (tokens-major), rows otherwise.
-    const bool d_fast = st.c == 1;
-    const int r = d_fast ? i / D : i % rows, d = d_fast ? i % D : i / rows;
-    const int64_t l = r0 + r;
-    dst[r * D + d] = l < g.L ? qkv[n * st.n + (c0 + d) * st.c + l * st.l] : zero;
-  }
-}
-
-template <typename T, int D, int KT>
-__global__ void __launch_bounds__(kThreads)
-attn_fwd_tc_kernel(const T* __restrict__ qkv, Strides sq, T* __restrict__ out, Strides so,
-                   float* __restrict__ lse, Geo g, float scale) {
-  using W = typename WmmaType<T>::type;
-  extern __shared__ __align__(128) unsigned char smem[];
-  using S = Smem<D, KT>;
-  T* Qs = reinterpret_cast<T*>(smem);
-  T* Ks = reinterpret_cast<T*>(smem + S::q);
-  T* Vs = reinterpret_cast<T*>(smem + S::q + S::k);
-  float* Ss = reinterpret_cast<float*>(smem + S::q + S::k + S::v);
-  T* Ps = reinterpret_cast<T*>(smem + S::q + S::k + S::v + S::s);
-  float* Os = reinterpret_cast<float*>(smem + S::q + S::k + S::v + S::s + S::p);
-  float* m_s = reinterpret_cast<float*>(smem + S::q + S::k + S::v + S::s + S::p + S::o);
-  float* l_s = m_s + kBlockQ;
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n = blockIdx.z, h = blockIdx.y, q0 = int64_t(blockIdx.x) * kBlockQ;
-  load_tile<T, D>(Qs, qkv, sq, g, n, h, 0, q0, kBlockQ);
-  for (int i = threadIdx.x; i < kWarps * kRowsPerWarp * D; i += blockDim.x) Os[i] = 0.f;
-  for (int i = threadIdx.x; i < kBlockQ; i += blockDim.x) m_s[i] = -INFINITY, l_s[i] = 0.f;
-
-  float* Sw = Ss + warp * kRowsPerWarp * KT;
-  T* Pw = Ps + warp * kRowsPerWarp * KT;
-  float* Ow = Os + warp * kRowsPerWarp * D;
-  const T* Qw = Qs + warp * kRowsPerWarp * D;
-  const int r = lane / 2, half_ = lane % 2;  // softmax: two lanes per row, KT/2 columns each
-  const int row = warp * kRowsPerWarp + r;
-
-  for (int64_t k0 = 0; k0 < g.L; k0 += KT) {
-    __syncthreads();  // previous tile fully consumed (and Q, O, stats initialised)
-    load_tile<T, D>(Ks, qkv, sq, g, n, h, 1, k0, KT);
-    load_tile<T, D>(Vs, qkv, sq, g, n, h, 2, k0, KT);
-    __syncthreads();
-
-    // S_w [16 x KT] = Q_w [16 x D] K^T [D x KT]
-    for (int j = 0; j < KT / 16; ++j) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::col_major> b;
-        wmma::load_matrix_sync(a, reinterpret_cast<const W*>(Qw + kk * 16), D);
-        wmma::load_matrix_sync(b, reinterpret_cast<const W*>(Ks + j * 16 * D + kk * 16), D);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(Sw + j * 16, acc, KT, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Online softmax of row r over this tile; masked keys (beyond L) get probability 0.
-    const int64_t valid = g.L - k0;
-    float mx = -INFINITY;
-    for (int c = half_ * (KT / 2); c < (half_ + 1) * (KT / 2); ++c)
-      if (c < valid) mx = fmaxf(mx, Sw[r * KT + c] * scale);
-    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
-    const float m_old = m_s[row], m_new = fmaxf(m_old, mx);
-    float sum = 0.f;
-    for (int c = half_ * (KT / 2); c < (half_ + 1) * (KT / 2); ++c) {
-      const float p = c < valid ? __expf(Sw[r * KT + c] * scale - m_new) : 0.f;
-      Pw[r * KT + c] = T(p);
-      sum += p;
-    }
-    sum += __shfl_xor_sync(kFullMask, sum, 1);
-    const float alpha = __expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
-    for (int d = half_ * (D / 2); d < (half_ + 1) * (D / 2); ++d) Ow[r * D + d] *= alpha;
-    __syncwarp();
-    if (half_ == 0) m_s[row] = m_new, l_s[row] = l_s[row] * alpha + sum;
-    __syncwarp();
-
-    // O_w [16 x D] += P_w [16 x KT] V [KT x D]
-#pragma unroll
-    for (int j = 0; j < D / 16; ++j) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, Ow + j * 16, D, wmma::mem_row_major);
-      for (int kk = 0; kk < KT / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> b;
-        wmma::load_matrix_sync(a, reinterpret_cast<const W*>(Pw + kk * 16), KT);
-        wmma::load_matrix_sync(b, reinterpret_cast<const W*>(Vs + kk * 16 * D + j * 16), D);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(Ow + j * 16, acc, D, wmma::mem_row_major);
-    }
-    __syncwarp();
-  }
-
-  // out = O / l, lse = m + log l; rows beyond L are padding.
-  const int64_t qrow = q0 + row;
-  if (qrow < g.L) {
-    const float inv_l = 1.f / l_s[row];
-    for (int d = half_ * (D / 2); d < (half_ + 1) * (D / 2); ++d)
-      out[n * so.n + (h * D + d) * so.c + qrow * so.l] = T(Ow[r * D + d] * inv_l);
-    if (half_ == 0) lse[(n * g.H + h) * g.L + qrow] = m_s[row] + logf(l_s[row]);
-  }
-}
-
-// ---- forward, fallback --------------------------------------------------------------------------
-
-// One warp per query row; lane holds channels lane, lane + 32, ... of q and of the accumulator.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-attn_fwd_simt_kernel(const T* __restrict__ qkv, Strides sq, T* __restrict__ out, Strides so,
-                     float* __restrict__ lse, Geo g, float scale) {
-  constexpr int R = kMaxFallbackDim / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32, n = blockIdx.z, h = blockIdx.y;
-  if (row >= g.L) return;
-  const int64_t cq = g.qkv_channel(h, 0, 0), ck = g.qkv_channel(h, 1, 0), cv = g.qkv_channel(h, 2, 0);
-  const T* base = qkv + n * sq.n;
-  float q[R], o[R];
-#pragma unroll
-  for (int i = 0; i < R; ++i) {
-    const int64_t d = lane + 32 * i;
-    q[i] = d < g.ch ? float(base[(cq + d) * sq.c + row * sq.l]) * scale : 0.f;
-    o[i] = 0.f;
-  }
-  float m = -INFINITY, l = 0.f;
-  for (int64_t j = 0; j < g.L; ++j) {
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int64_t d = lane + 32 * i;
-      if (d < g.ch) s += q[i] * float(base[(ck + d) * sq.c + j * sq.l]);
-    }
-    s = warp_sum(s);
-    const float m_new = fmaxf(m, s), alpha = __expf(m - m_new), p = __expf(s - m_new);
-    l = l * alpha + p;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int64_t d = lane + 32 * i;
-      o[i] = o[i] * alpha + (d < g.ch ? p * float(base[(cv + d) * sq.c + j * sq.l]) : 0.f);
-    }
-    m = m_new;
-  }
-#pragma unroll
-  for (int i = 0; i < R; ++i) {
-    const int64_t d = lane + 32 * i;
-    if (d < g.ch) out[n * so.n + (h * g.ch + d) * so.c + row * so.l] = T(o[i] / l);
-  }
-  if (lane == 0) lse[(n * g.H + h) * g.L + row] = m + logf(l);
-}
-
-// ---- backward -----------------------------------------------------------------------------------
-
-struct BwdArgs {
-  Strides sq, so, sg, sd;  // qkv, out, grad_out, grad_qkv
-};
-
-// D_i = sum_d dO_i * O_i, one warp per row.
-template <typename T>
-__global__ void attn_delta_kernel(const T* __restrict__ out, const T* __restrict__ gout, BwdArgs a,
-                                  float* __restrict__ delta, Geo g) {
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32, n = blockIdx.z, h = blockIdx.y;
-  if (row >= g.L) return;
-  float s = 0.f;
-  for (int64_t d = lane; d < g.ch; d += 32) {
-    const int64_t c = h * g.ch + d;
-    s += float(out[n * a.so.n + c * a.so.c + row * a.so.l]) * float(gout[n * a.sg.n + c * a.sg.c + row * a.sg.l]);
-  }
-  s = warp_sum(s);
-  if (lane == 0) delta[(n * g.H + h) * g.L + row] = s;
-}
-
-// dot(x_i, y_j) over a head's channels, x and y given as (channel base, row) in their tensors.
-template <typename T>
-__device__ float warp_dot(const T* x, int64_t cx, int64_t rx, Strides sx, const T* y, int64_t cy,
-                          int64_t ry, Strides sy, int64_t ch) {
-  float s = 0.f;
-  for (int64_t d = threadIdx.x % 32; d < ch; d += 32)
-    s += float(x[(cx + d) * sx.c + rx * sx.l]) * float(y[(cy + d) * sy.c + ry * sy.l]);
-  return warp_sum(s);
-}
-
-// dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, P_ij = exp(scale q_i.k_j - lse_i), dP_ij = dO_i.v_j
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-attn_dq_kernel(const T* __restrict__ qkv, const T* __restrict__ gout, const float* __restrict__ lse,
-               const float* __restrict__ delta, T* __restrict__ gqkv, BwdArgs a, Geo g, float scale) {
-  constexpr int R = kMaxFallbackDim / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t i = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32, n = blockIdx.z, h = blockIdx.y;
-  if (i >= g.L) return;
-  const T* x = qkv + n * a.sq.n;
-  const T* go = gout + n * a.sg.n;
-  const int64_t cq = g.qkv_channel(h, 0, 0), ck = g.qkv_channel(h, 1, 0), cv = g.qkv_channel(h, 2, 0);
-  const float lse_i = lse[(n * g.H + h) * g.L + i], D_i = delta[(n * g.H + h) * g.L + i];
-  float dq[R] = {};
-  for (int64_t j = 0; j < g.L; ++j) {
-    const float p = __expf(scale * warp_dot(x, cq, i, a.sq, x, ck, j, a.sq, g.ch) - lse_i);
-    const float dp = warp_dot(go, h * g.ch, i, a.sg, x, cv, j, a.sq, g.ch);
-    const float ds = p * (dp - D_i);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int64_t d = lane + 32 * r;
-      if (d < g.ch) dq[r] += ds * float(x[(ck + d) * a.sq.c + j * a.sq.l]);
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t d = lane + 32 * r;
-    if (d < g.ch) gqkv[n * a.sd.n + (cq + d) * a.sd.c + i * a.sd.l] = T(dq[r] * scale);
-  }
-}
-
-// dV_j = sum_i P_ij dO_i;  dK_j = scale * sum_i P_ij (dP_ij - D_i) q_i
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-attn_dkv_kernel(const T* __restrict__ qkv, const T* __restrict__ gout, const float* __restrict__ lse,
-                const float* __restrict__ delta, T* __restrict__ gqkv, BwdArgs a, Geo g, float scale) {
-  constexpr int R = kMaxFallbackDim / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t j = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32, n = blockIdx.z, h = blockIdx.y;
-  if (j >= g.L) return;
-  const T* x = qkv + n * a.sq.n;
-  const T* go = gout + n * a.sg.n;
-  const int64_t cq = g.qkv_channel(h, 0, 0), ck = g.qkv_channel(h, 1, 0), cv = g.qkv_channel(h, 2, 0);
-  float dk[R] = {}, dv[R] = {};
-  for (int64_t i = 0; i < g.L; ++i) {
-    const int64_t nh = (n * g.H + h) * g.L + i;
-    const float p = __expf(scale * warp_dot(x, cq, i, a.sq, x, ck, j, a.sq, g.ch) - lse[nh]);
-    const float ds = p * (warp_dot(go, h * g.ch, i, a.sg, x, cv, j, a.sq, g.ch) - delta[nh]);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int64_t d = lane + 32 * r;
-      if (d < g.ch) {
-        dv[r] += p * float(go[(h * g.ch + d) * a.sg.c + i * a.sg.l]);
-        dk[r] += ds * float(x[(cq + d) * a.sq.c + i * a.sq.l]);
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t d = lane + 32 * r;
-    if (d < g.ch) {
-      gqkv[n * a.sd.n + (ck + d) * a.sd.c + j * a.sd.l] = T(dk[r] * scale);
-      gqkv[n * a.sd.n + (cv + d) * a.sd.c + j * a.sd.l] = T(dv[r]);
-    }
-  }
-}
-
-// ---- host side --------------------------------------------------------------------------------------
-
-Geo geo_of(const Shape& s) { return {s.C, s.L, s.H, s.ch, s.new_order}; }
-
-void check_cuda(const Shape& s, const at::Tensor& qkv) {
-  TORCH_CHECK(qkv.scalar_type() != at::kDouble, "attention: float64 is supported on the CPU only");
-  TORCH_CHECK(s.ch <= kMaxFallbackDim, "attention: head dim ", s.ch, " exceeds ", kMaxFallbackDim, " on CUDA");
-  TORCH_CHECK(s.N <= 65535 && s.H <= 65535, "attention: batch and heads must be at most 65535 on CUDA");
-}
-
-template <typename T, int D, int KT>
-void launch_tc(const at::Tensor& qkv, at::Tensor& out, at::Tensor& lse, const Shape& s, float scale,
-               cudaStream_t stream) {
-  auto kernel = attn_fwd_tc_kernel<T, D, KT>;
-  constexpr int bytes = Smem<D, KT>::total;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(unsigned(ceil_div(s.L, kBlockQ)), unsigned(s.H), unsigned(s.N));
-  kernel<<<grid, kThreads, bytes, stream>>>(qkv.data_ptr<T>(), strides_of(qkv), out.data_ptr<T>(),
-                                            strides_of(out), lse.data_ptr<float>(), geo_of(s), scale);
-}
-
-// Largest dynamic shared memory a block may opt in to on the current device.
-int smem_optin() {
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
-  return v;
-}
-
-// Key tile: one 64-key tile when L <= 64; for L <= 256 all keys in one 256-key tile where shared
-// memory allows (the short-sequence path: no rescaling); otherwise 64-key tiles, online softmax.
-template <typename T, int D>
-void launch_tc_dim(const at::Tensor& qkv, at::Tensor& out, at::Tensor& lse, const Shape& s,
-                   float scale, cudaStream_t stream) {
-  if constexpr (D < 128) {
-    if (s.L > 64 && s.L <= 256 && Smem<D, 256>::total <= smem_optin())
-      return launch_tc<T, D, 256>(qkv, out, lse, s, scale, stream);
-  }
-  launch_tc<T, D, 64>(qkv, out, lse, s, scale, stream);
-}
-
-// The tensor-core path for fp16/bf16 at head dims 32, 64, 128; false when it does not apply.
-template <typename T>
-bool forward_tc(const at::Tensor& qkv, at::Tensor& out, at::Tensor& lse, const Shape& s, float scale,
-                cudaStream_t stream) {
-  if constexpr (std::is_same_v<T, float>) {
-    return false;
-  } else {
-    switch (s.ch) {
-      case 32: launch_tc_dim<T, 32>(qkv, out, lse, s, scale, stream); return true;
-      case 64: launch_tc_dim<T, 64>(qkv, out, lse, s, scale, stream); return true;
-      case 128: launch_tc_dim<T, 128>(qkv, out, lse, s, scale, stream); return true;
-      default: return false;
-    }
-  }
+void forward_tc(const at::Tensor& qkv, at::Tensor& out, at::Tensor& lse, const Shape& s,
+                const tc::Plan& plan, cudaStream_t stream) {
+  const bool tokens = fits(qkv, true) || !fits(qkv, false);
+  const at::Tensor x = readable(qkv, tokens);
+  at::Tensor y = fits(out, tokens) ? out : empty_layout(out, s.C, tokens);
+  const float scale = 1.f / std::sqrt(float(s.ch));
+  const FwdParams p{x.data_ptr(), view_of(x), y.data_ptr(), view_of(y), lse.data_ptr<float>(),
+                    int(s.L), int(s.H), int(s.ch), geo_of(s), scale, scale * kLog2e};
+  with_dp(plan.tiles.dp, [&](auto dp) {
+    tc::launch_fwd<T, decltype(dp)::value>(p, tokens, plan.fwd_warps, int(s.N), stream);
+  });
+  if (!y.is_same(out)) out.copy_(y);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& qkv, int64_t heads, bool new_order) {
   const Shape s = check_qkv("attention", qkv, heads, new_order);
-  check_cuda(s, qkv);
+  check_cuda("attention", s, qkv);
   const c10::cuda::CUDAGuard guard(qkv.device());
   at::Tensor out = empty_in_layout(s, s.C, qkv);
   at::Tensor lse = at::empty({s.N, s.H, s.L}, qkv.options().dtype(at::kFloat));
   if (qkv.numel() == 0) return {out, lse};
-  const float scale = 1.f / std::sqrt(float(s.ch));
+  const tc::Plan plan = plan_for(qkv, s);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   FG_DISPATCH_FLOAT_HALF_BF16(qkv.scalar_type(), "attention_cuda", [&] {
-    if (!forward_tc<scalar_t>(qkv, out, lse, s, scale, stream)) {
-      const dim3 grid(unsigned(ceil_div(s.L, kWarps)), unsigned(s.H), unsigned(s.N));
-      attn_fwd_simt_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-          qkv.data_ptr<scalar_t>(), strides_of(qkv), out.data_ptr<scalar_t>(), strides_of(out),
-          lse.data_ptr<float>(), geo_of(s), scale);
+    if constexpr (!std::is_same_v<scalar_t, float>) {
+      if (plan.tc) return forward_tc<scalar_t>(qkv, out, lse, s, plan, stream);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const float scale = 1.f / std::sqrt(float(s.ch));
+    const FwdParams p{qkv.data_ptr(), view_of(qkv), out.data_ptr(), view_of(out), lse.data_ptr<float>(),
+                      int(s.L), int(s.H), int(s.ch), geo_of(s), scale, scale * kLog2e};
+    simt::launch_fwd<scalar_t>(p, plan.simt_regs, int(s.N), stream);
   });
   return {out, lse};
+}
+
+template <typename T>
+void backward_tc(const at::Tensor& grad_out, const at::Tensor& qkv, at::Tensor& grad,
+                 const at::Tensor& lse, const at::Tensor& delta, const Shape& s, const tc::Plan& plan,
+                 cudaStream_t stream) {
+  const bool tokens = fits(qkv, true) || !fits(qkv, false);
+  const at::Tensor x = readable(qkv, tokens), g = readable(grad_out, tokens);
+  at::Tensor dx = fits(grad, tokens) ? grad : empty_layout(grad, 3 * s.C, tokens);
+  const float scale = 1.f / std::sqrt(float(s.ch));
+  const BwdParams p{x.data_ptr(), view_of(x), g.data_ptr(), view_of(g), dx.data_ptr(), view_of(dx),
+                    lse.data_ptr<float>(), delta.data_ptr<float>(), int(s.L), int(s.H), int(s.ch),
+                    geo_of(s), scale, scale * kLog2e};
+  with_dp(plan.tiles.dp, [&](auto dp) { tc::launch_bwd<T, decltype(dp)::value>(p, tokens, int(s.N), stream); });
+  if (!dx.is_same(grad)) grad.copy_(dx);
 }
 
 at::Tensor backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& out,
                          const at::Tensor& lse_in, int64_t heads, bool new_order) {
   const Shape s = check_qkv("attention_backward", qkv, heads, new_order);
-  check_cuda(s, qkv);
+  check_cuda("attention_backward", s, qkv);
   TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes() == at::IntArrayRef({s.N, s.C, s.L}) &&
                   grad_out.scalar_type() == qkv.scalar_type() && out.scalar_type() == qkv.scalar_type(),
               "attention_backward: grad_out and out must be [N, C, L] in qkv's dtype");
   TORCH_CHECK(lse_in.sizes() == at::IntArrayRef({s.N, s.H, s.L}) && lse_in.scalar_type() == at::kFloat,
               "attention_backward: lse must be float32 [N, heads, L]");
+  TORCH_CHECK(grad_out.device() == qkv.device() && out.device() == qkv.device() &&
+                  lse_in.device() == qkv.device(),
+              "attention_backward: grad_out, out and lse must be on qkv's device ", qkv.device());
   const c10::cuda::CUDAGuard guard(qkv.device());
   at::Tensor grad = empty_in_layout(s, 3 * s.C, qkv);
   if (qkv.numel() == 0) return grad;
   const at::Tensor lse = lse_in.contiguous();
   at::Tensor delta = at::empty_like(lse);
-  const float scale = 1.f / std::sqrt(float(s.ch));
-  const BwdArgs a{strides_of(qkv), strides_of(out), strides_of(grad_out), strides_of(grad)};
-  const dim3 grid(unsigned(ceil_div(s.L, kWarps)), unsigned(s.H), unsigned(s.N));
+  const tc::Plan plan = plan_for(qkv, s);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   FG_DISPATCH_FLOAT_HALF_BF16(qkv.scalar_type(), "attention_backward_cuda", [&] {
-    attn_delta_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        out.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), a, delta.data_ptr<float>(), geo_of(s));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attn_dq_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        qkv.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(),
-        delta.data_ptr<float>(), grad.data_ptr<scalar_t>(), a, geo_of(s), scale);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attn_dkv_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        qkv.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(),
-        delta.data_ptr<float>(), grad.data_ptr<scalar_t>(), a, geo_of(s), scale);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    simt::launch_delta<scalar_t>(out.data_ptr(), view_of(out), grad_out.data_ptr(), view_of(grad_out),
+                                 delta.data_ptr<float>(), int(s.L), int(s.H), int(s.ch), int(s.N), stream);
+    if constexpr (!std::is_same_v<scalar_t, float>) {
+      if (plan.tc) return backward_tc<scalar_t>(grad_out, qkv, grad, lse, delta, s, plan, stream);
+    }
+    const float scale = 1.f / std::sqrt(float(s.ch));
+    const BwdParams p{qkv.data_ptr(), view_of(qkv), grad_out.data_ptr(), view_of(grad_out),
+                      grad.data_ptr(), view_of(grad), lse.data_ptr<float>(), delta.data_ptr<float>(),
+                      int(s.L), int(s.H), int(s.ch), geo_of(s), scale, scale * kLog2e};
+    simt::launch_bwd<scalar_t>(p, plan.simt_regs, int(s.N), stream);
   });
   return grad;
 }

@@ -2,7 +2,9 @@
 // keep direct torch.ops calls from reaching a kernel with inputs it cannot handle.
 #pragma once
 #include <ATen/ATen.h>
+#include <initializer_list>
 #include <optional>
+#include <utility>
 
 namespace fastguide {
 
@@ -24,6 +26,16 @@ inline void check_param(const std::optional<at::Tensor>& t, const char* name,
   TORCH_CHECK(t->scalar_type() == x.scalar_type() || t->scalar_type() == at::kFloat,
               name, " must have x's dtype (", x.scalar_type(), ") or float32, got ",
               t->scalar_type());
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Every tensor on x's device (index included), or an error naming the first that is not.
+inline void check_same_device(const char* op, const at::Tensor& x,
+                              std::initializer_list<std::pair<const at::Tensor*, const char*>> ts) {
+  for (const auto& [t, name] : ts)
+    TORCH_CHECK(t->device() == x.device(), op, ": ", name, " is on ", t->device(),
+                " but x is on ", x.device());
 }
 
 // A parameter as a contiguous tensor in the accumulation dtype, or an undefined tensor.

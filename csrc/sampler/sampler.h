@@ -11,11 +11,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FG_HD __host__ __device__ __forceinline__
-#else
-#define FG_HD inline
-#endif
+#include "common/hd.h"
 
 namespace fastguide::sampler {
 
@@ -78,23 +74,6 @@ FG_HD float euler_update(float x, float d, float sigma, float sigma_next) {
 FG_HD float heun_update(float x, float d, float x_next, float d_next, float sigma, float sigma_next) {
   const float slope = (x - d) / sigma, slope_next = (x_next - d_next) / sigma_next;
   return x + (sigma_next - sigma) * (0.5f * slope + 0.5f * slope_next);
-}
-
-// Where element (b, c, s) of a [rows, channels, S] tensor lives, in either memory layout.
-FG_HD int64_t offset(bool channels_last, int64_t b, int64_t c, int64_t s, int64_t channels, int64_t S) {
-  return channels_last ? (b * S + s) * channels + c : (b * channels + c) * S + s;
-}
-
-// (b, c, s) of the i-th element in memory order of an [B, C, S] tensor.
-FG_HD void decode(bool channels_last, int64_t i, int64_t C, int64_t S, int64_t& b, int64_t& c, int64_t& s) {
-  if (channels_last) {
-    c = i % C;
-    s = (i / C) % S;
-  } else {
-    s = i % S;
-    c = (i / S) % C;
-  }
-  b = i / (C * S);
 }
 
 }  // namespace fastguide::sampler

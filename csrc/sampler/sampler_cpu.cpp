@@ -1,4 +1,5 @@
-// Fused sampler steps on the CPU: one pass over the elements of x per step.
+// Fused sampler steps on the CPU: one pass over the elements of x per step, in x's memory
+// order; the other operands are read through their strides (sampler_layout.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,27 +17,22 @@ constexpr int64_t kGrain = 8192;
 template <typename T>
 const T* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-// Calls f(i, o_pred, o_var, o_uncond_pred) for every element i of x in memory order, with the
-// offsets of its prediction, its variance channel and its unconditional prediction.
+// Calls f(i, b, off) for every element i of x (memory order) with its sample index b and the
+// offsets off[k] of operands 0 .. nops - 1. Runs along x's inner dim are decoded once.
 template <typename F>
-void for_each_step_element(const StepShape& s, F f) {
-  const int64_t n = s.B * s.C * s.S;
-  at::parallel_for(0, n, kGrain, [&](int64_t b0, int64_t e0) {
-    for (int64_t i = b0; i < e0; ++i) {
-      int64_t b, c, sp;
-      decode(s.channels_last, i, s.C, s.S, b, c, sp);
-      const int64_t op = offset(s.channels_last, b, c, sp, s.Cm, s.S);
-      const int64_t ov = s.Cm == 2 * s.C ? offset(s.channels_last, b, c + s.C, sp, s.Cm, s.S) : op;
-      const int64_t ou = s.cfg ? offset(s.channels_last, b + s.B, c, sp, s.Cm, s.S) : op;
-      f(i, b, op, ov, ou);
+void for_each_element(const Walk& w, int64_t n, int nops, F f) {
+  const bool along = w.inner >= 0 && w.inner != w.batch;
+  const int64_t run = along ? w.size[w.inner] : 1;
+  at::parallel_for(0, n / run, std::max<int64_t>(1, kGrain / run), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t base[kMaxOperands], off[kMaxOperands], b;
+      walk_offsets<int64_t>(w, r * run, nops, base, b);
+      for (int64_t j = 0; j < run; ++j) {
+        for (int k = 0; k < nops; ++k) off[k] = base[k] + (along ? j * w.st[k][w.inner] : 0);
+        f(r * run + j, b, off);
+      }
     }
   });
-}
-
-template <typename T>
-float guided_output(const T* out, int64_t op, int64_t ou, bool cfg, float w) {
-  const float cond = float(out[op]);
-  return cfg ? (1.f + w) * cond - w * float(out[ou]) : cond;  // (1+w)*eps(z,c) - w*eps(z)
 }
 
 // DDPM (ddpm=true) or DDIM step.
@@ -46,18 +42,22 @@ std::tuple<at::Tensor, at::Tensor> step_cpu(const char* op, bool ddpm, const at:
                                             const std::optional<at::Tensor>& noise_in,
                                             double cfg_scale, int64_t pred, bool learned, bool clip) {
   const PreparedStep p = prepare_step(op, ddpm, learned, x_in, out_in, coef_in, grad_in, noise_in);
-  const StepShape& s = p.s;
+  if (p.x.numel() == 0) return {p.sample, p.x0};
+  const bool cfg = p.s.cfg, var = ddpm && learned;
+  const float w = float(cfg_scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "sampler_step_cpu", [&] {
     const scalar_t *xp = p.x.data_ptr<scalar_t>(), *mo = p.out.data_ptr<scalar_t>();
     const scalar_t *gp = opt_ptr<scalar_t>(p.grad), *np = opt_ptr<scalar_t>(p.noise);
     const float* k = p.coef.data_ptr<float>();
     scalar_t *sp = p.sample.data_ptr<scalar_t>(), *x0p = p.x0.data_ptr<scalar_t>();
     const auto exp_fn = [](float v) { return std::exp(v); };
-    for_each_step_element(s, [&](int64_t i, int64_t b, int64_t op, int64_t ov, int64_t ou) {
-      const float o = guided_output(mo, op, ou, s.cfg, float(cfg_scale));
-      const float g = gp ? float(gp[i]) : 0.f, z = np ? float(np[i]) : 0.f;
-      const Step r = ddpm ? ddpm_update(k + b * kCoefs, pred, learned, clip, float(xp[i]), o, float(mo[ov]), g, z, exp_fn)
-                          : ddim_update(k + b * kCoefs, pred, clip, gp != nullptr, float(xp[i]), o, g, z);
+    for_each_element(p.w, p.x.numel(), 3, [&](int64_t i, int64_t b, const int64_t* o) {
+      const float cond = float(mo[o[0]]);
+      const float e = cfg ? (1.f + w) * cond - w * float(mo[o[0] + p.uncond]) : cond;  // (1+w)eps(z,c) - w eps(z)
+      const float v = var ? float(mo[o[0] + p.var]) : 0.f;
+      const float g = gp ? float(gp[o[1]]) : 0.f, z = np ? float(np[o[2]]) : 0.f;
+      const Step r = ddpm ? ddpm_update(k + b * kCoefs, pred, learned, clip, float(xp[i]), e, v, g, z, exp_fn)
+                          : ddim_update(k + b * kCoefs, pred, clip, gp != nullptr, float(xp[i]), e, g, z);
       sp[i] = scalar_t(r.sample);
       x0p[i] = scalar_t(r.x0);
     });
@@ -79,26 +79,25 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::
   return step_cpu("ddim_step", false, x, out, coef, grad, noise, w, pred, false, clip);
 }
 
-// Euler (heun=false) or Heun update over [B, ...] tensors with per-sample sigmas.
-at::Tensor sigma_step_cpu(const char* op, const std::vector<at::Tensor>& xs_in,
+// Euler (xs = x, denoised) or Heun (xs = x, denoised, x_next, denoised_next) with per-sample sigmas.
+at::Tensor sigma_step_cpu(const char* op, const std::vector<at::Tensor>& xs,
                           const at::Tensor& sigma, const at::Tensor& sigma_next) {
-  check_sigma_step(op, xs_in, sigma, sigma_next);
-  std::vector<at::Tensor> xs;
-  for (const auto& t : xs_in) xs.push_back(t.contiguous());
-  at::Tensor y = at::empty_like(xs[0]);
-  const int64_t B = xs[0].size(0), per = B == 0 ? 0 : xs[0].numel() / B;
+  check_sigma_step(op, xs, sigma, sigma_next);
+  const at::Tensor x = dense(xs[0]);
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
   const bool heun = xs.size() == 4;
-  const float *sg = sigma.contiguous().data_ptr<float>(), *sn = sigma_next.contiguous().data_ptr<float>();
+  const std::vector<at::Tensor> ops(xs.begin() + 1, xs.end());
+  const Walk w = walk_of(x, ops);
+  const at::Tensor sg = sigma.contiguous(), sn = sigma_next.contiguous();
+  const float *sgp = sg.data_ptr<float>(), *snp = sn.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "sigma_step_cpu", [&] {
-    const scalar_t *x = xs[0].data_ptr<scalar_t>(), *d = xs[1].data_ptr<scalar_t>();
-    const scalar_t *x2 = heun ? xs[2].data_ptr<scalar_t>() : nullptr, *d2 = heun ? xs[3].data_ptr<scalar_t>() : nullptr;
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *d = ops[0].data_ptr<scalar_t>();
+    const scalar_t *x2 = heun ? ops[1].data_ptr<scalar_t>() : nullptr, *d2 = heun ? ops[2].data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, xs[0].numel(), kGrain, [&](int64_t b0, int64_t e0) {
-      for (int64_t i = b0; i < e0; ++i) {
-        const int64_t b = i / per;
-        yp[i] = scalar_t(heun ? heun_update(float(x[i]), float(d[i]), float(x2[i]), float(d2[i]), sg[b], sn[b])
-                              : euler_update(float(x[i]), float(d[i]), sg[b], sn[b]));
-      }
+    for_each_element(w, x.numel(), heun ? 3 : 1, [&](int64_t i, int64_t b, const int64_t* o) {
+      yp[i] = scalar_t(heun ? heun_update(float(xp[i]), float(d[o[0]]), float(x2[o[1]]), float(d2[o[2]]), sgp[b], snp[b])
+                            : euler_update(float(xp[i]), float(d[o[0]]), sgp[b], snp[b]));
     });
   });
   return y;

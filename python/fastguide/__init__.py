@@ -8,7 +8,9 @@ from .nn.checkpoint import load_checkpoint, save_model
 from . import pipeline
 from .pipeline import ADMPipeline
 from . import editing
+from .dispatch import dispatch_report
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "ops", "nn", "diffusion", "sampling", "pipeline", "ADMPipeline", "editing",
+__all__ = ["build_info", "dispatch_report", "ops", "nn", "diffusion", "sampling", "pipeline",
+           "ADMPipeline", "editing",
            "load_checkpoint", "save_model", "__version__"]

@@ -13,10 +13,15 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
 
 
 def build_info() -> dict:
-    """What the library was built with: torch version, CUDA kernels, compiled architectures."""
+    """What the library was built with: torch version, CUDA kernels, compiled architectures,
+    and the devices the dispatch table has GPU measurements for (fastguide.dispatch; a model's
+    per-layer paths: fastguide.dispatch_report(model, *example_inputs))."""
+    from .dispatch import TABLE
     return {
         "torch_version": _C.TORCH_VERSION,
         "torch_version_runtime": torch.__version__,
         "cuda": bool(_C.WITH_CUDA),
         "cuda_archs": _C.CUDA_ARCHS.split(),
+        "dispatch_kernel_cells": {dev: sum(k[1] == dev for k in TABLE)
+                                  for dev in sorted({k[1] for k in TABLE})},
     }

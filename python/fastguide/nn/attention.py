@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import dispatch
 from ..ops.attention import attention
 from .blocks import maybe_checkpoint, zero_module
 from .norm import GroupNormAct, check_backend
@@ -50,7 +51,7 @@ def qkv_attention_reference(qkv, num_heads, order="legacy"):
     return a.reshape(qkv.shape[0], -1, qkv.shape[2])
 
 
-ATTENTION_BACKENDS = ("fused", "sdpa", "reference")
+ATTENTION_BACKENDS = dispatch.ATTENTION_BACKENDS
 
 
 def qkv_attention_sdpa(qkv, num_heads, order="legacy"):
@@ -65,15 +66,18 @@ def qkv_attention(qkv, num_heads, order="legacy", backend="fused"):
     """Multi-head attention softmax(q^T k / sqrt(ch)) v over L tokens: qkv [N, 3*C, L] -> [N, C, L].
 
     Output channels are head-major (head h owns channels h*ch .. (h+1)*ch - 1) for both orders.
-    backend: "fused" (fastguide.ops.attention, which takes the channels-last token layout as it
-    is), "sdpa" (torch's scaled_dot_product_attention) or "reference" (the explicit einsum
-    version above, guided-diffusion's arithmetic).
+    backend: "kernel" (fastguide.ops.attention, which takes the channels-last token layout as
+    it is), "sdpa" (torch's scaled_dot_product_attention), "reference" (the explicit einsum
+    version above, guided-diffusion's arithmetic), or "fused": the kernel or SDPA, whichever
+    the dispatch table (fastguide.dispatch) says is faster for this call.
     """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
-    if backend == "reference":
+    path = dispatch.resolve("attention", backend, qkv.device,
+                            lambda: dispatch.attention_key(qkv, num_heads))
+    if path == "reference":
         return qkv_attention_reference(qkv, num_heads, order)
-    if backend == "sdpa":
+    if path == "sdpa":
         return qkv_attention_sdpa(qkv, num_heads, order)
     return attention(qkv, num_heads, order)
 
@@ -105,8 +109,9 @@ class AttentionBlock(nn.Module):
         self.num_heads = resolve_heads(channels, num_heads, num_head_channels)
         self.order = "new" if use_new_attention_order else "legacy"
         self.use_checkpoint = use_checkpoint
-        self.backend = check_backend(backend)
-        self.norm = GroupNormAct(channels, act=None, backend=backend)
+        self.backend = check_backend(backend, ATTENTION_BACKENDS)
+        norm_backend = backend if backend in dispatch.NORM_BACKENDS else "fused"
+        self.norm = GroupNormAct(channels, act=None, backend=norm_backend)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 
@@ -139,7 +144,7 @@ class AttentionPool2d(nn.Module):
         self.qkv_proj = nn.Conv1d(embed_dim, 3 * embed_dim, 1)
         self.c_proj = zero_module(nn.Conv1d(embed_dim, output_dim or embed_dim, 1))
         self.num_heads = resolve_heads(embed_dim, 1, num_heads_channels)
-        self.backend = check_backend(backend)
+        self.backend = check_backend(backend, ATTENTION_BACKENDS)
 
     def forward(self, x):
         tokens = x.flatten(2).transpose(1, 2)  # [N, H*W, C]

@@ -64,8 +64,10 @@ class ModelBase(nn.Module):
     # ---- switches -----------------------------------------------------------------------------
 
     def set_backend(self, backend):
-        """"fused" (fastguide's kernels) or "reference" (pure PyTorch) for every norm and
-        attention layer of the model."""
+        """The kernel switch of every norm and attention layer (fastguide.dispatch):
+        "fused" (per call, the hand-written kernel where a committed GPU measurement shows it
+        faster on this device, else the known-good alternative; the default), "kernel" (always
+        fastguide's kernels) or "reference" (pure PyTorch)."""
         check_backend(backend)
         for m in self.modules():
             if isinstance(m, (GroupNormAct, AttentionBlock, AttentionPool2d)):
@@ -161,7 +163,8 @@ class ModelBase(nn.Module):
         if y.shape != (x.shape[0],):
             raise ValueError(f"y must have shape [{x.shape[0]}], got {list(y.shape)}")
         n_rows = k + 1 if self.config.get("null_class") else k
-        if self.check_inputs and _INPUT_CHECKS.get() and y.numel() and not torch.compiler.is_compiling():
+        # is_compiling() first: torch.compile cannot trace a ContextVar read (fullgraph fails).
+        if not torch.compiler.is_compiling() and self.check_inputs and _INPUT_CHECKS.get() and y.numel():
             lo, hi = int(y.min()), int(y.max())
             if lo < 0 or hi >= n_rows:
                 null = f" (label {k} is the null class)" if self.config.get("null_class") else ""

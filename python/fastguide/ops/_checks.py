@@ -44,3 +44,22 @@ def kernel_layout_like(x):
     if not x.is_contiguous() and is_channels_last_like(x):
         return torch.empty_like(x)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def is_dense(x):
+    """True when x's elements fill one block of memory in some order of its dims (contiguous,
+    channels-last or any other permutation): the layouts the sampler steps take without a copy."""
+    expected = 1  # as torch's own test: dims of size 0 or 1 do not count
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def dense_like(x):
+    """An empty tensor with x's strides when x is dense, else contiguous: the sampler steps'
+    outputs."""
+    if is_dense(x):
+        return torch.empty_like(x)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import _extension  # noqa: F401  (registers torch.ops.fastguide)
 from ._checks import check_float, check_param, kernel_layout_like
 
-__all__ = ["group_norm_act", "group_norm_act_reference"]
+__all__ = ["group_norm_act", "group_norm_act_eager", "group_norm_act_reference"]
 
 _ACTS = {"silu": True, None: False}
 
@@ -73,6 +73,26 @@ def group_norm_act_reference(x, num_groups, weight=None, bias=None, scale=None, 
     if silu:
         h = F.silu(h)
     return h.to(x.dtype)
+
+
+def group_norm_act_eager(x, num_groups, weight=None, bias=None, scale=None, shift=None,
+                         act="silu", eps=1e-5):
+    """The chain guided-diffusion runs, op for op: GroupNorm32 (statistics in float32 on an
+    upcast copy, cast back to x's dtype), then h * (1 + scale) + shift in x's dtype, then SiLU.
+    The known-good alternative of the "fused" backend (fastguide.dispatch) and the benchmarks'
+    eager baseline; differentiable through autograd."""
+    silu = _check(x, num_groups, weight, bias, scale, shift, act, eps)
+
+    def f32(t):
+        return None if t is None else t.float()
+
+    h = F.group_norm(x.float(), num_groups, f32(weight), f32(bias), eps).to(x.dtype)
+    shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+    if scale is not None:
+        h = h * (1 + scale.to(x.dtype).view(shape))
+    if shift is not None:
+        h = h + shift.to(x.dtype).view(shape)
+    return F.silu(h) if silu else h
 
 
 # ---- torch.library registrations ------------------------------------------------------------

@@ -11,11 +11,15 @@ rows of its timesteps (`table[t]`, no host sync) and passes them as `coef` [B, 8
 
 model_output may hold [conditional; unconditional] rows (2B) for classifier-free guidance,
 eps = (1 + w) * eps(z, c) - w * eps(z), and 2C channels when the variance is learned.
+
+x may be in any dense layout (contiguous, channels-last, ...): the steps read it in place and
+return outputs with x's strides; the other tensors are read through their own strides (a
+non-dense x is copied to contiguous first).
 """
 import torch
 
 from .. import _extension  # noqa: F401  (registers torch.ops.fastguide)
-from ._checks import check_tensor, kernel_layout_like
+from ._checks import check_tensor, dense_like
 
 __all__ = ["ddpm_coef_table", "ddim_coef_table", "ddpm_step", "ddim_step", "euler_step",
            "heun_step", "ddpm_step_reference", "ddim_step_reference", "euler_step_reference",
@@ -247,19 +251,19 @@ def heun_step_reference(x, denoised, x_next, denoised_next, sigma, sigma_next):
 
 @torch.library.register_fake("fastguide::ddpm_step")
 def _fake_ddpm(x, model_output, coef, grad, noise, cfg_scale, prediction, learned_range, clip):
-    return kernel_layout_like(x), kernel_layout_like(x)
+    return dense_like(x), dense_like(x)
 
 
 @torch.library.register_fake("fastguide::ddim_step")
 def _fake_ddim(x, model_output, coef, grad, noise, cfg_scale, prediction, clip):
-    return kernel_layout_like(x), kernel_layout_like(x)
+    return dense_like(x), dense_like(x)
 
 
 @torch.library.register_fake("fastguide::euler_step")
 def _fake_euler(x, denoised, sigma, sigma_next):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return dense_like(x)
 
 
 @torch.library.register_fake("fastguide::heun_step")
 def _fake_heun(x, denoised, x_next, denoised_next, sigma, sigma_next):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return dense_like(x)

@@ -1,0 +1,3 @@
+// Tensor-core attention backward (dQ, dK, dV), padded head dim 96 (fp16, bf16; both layouts).
+#include "attention/tc_launch.cuh"
+FG_ATTN_TC_BWD(96)

@@ -1,0 +1,3 @@
+// Tensor-core attention forward, padded head dim 192 (fp16, bf16; both layouts; 64- and 128-query blocks).
+#include "attention/tc_launch.cuh"
+FG_ATTN_TC_FWD(192)
