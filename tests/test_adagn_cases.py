@@ -12,13 +12,14 @@ from test_adagn import ULP, rel_err, to_channels_last
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")])]
 
 
-@pytest.fixture(autouse=True, params=["auto", "multipass"])
+# Without a GPU there is no multi-pass case to make (the CPU kernel has one path).
+@pytest.fixture(autouse=True, params=["auto", "multipass"] if HAS_CUDA else ["auto"])
 def cuda_path(request):
     """On CUDA every case runs on both paths: the single pass where it applies, and the
     multi-pass kernels (the switch is CUDA's; CPU cases run once)."""
     device = request.node.callspec.params.get("device", "cpu")
     if request.param == "multipass" and device == "cpu":
-        pytest.skip("the CPU kernel has one path")
+        pytest.skip("the multi-pass switch is CUDA's: the CPU kernel has one path")
     if device == "cpu":
         yield
         return

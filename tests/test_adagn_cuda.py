@@ -157,7 +157,7 @@ def test_direct_backward_call_checks_every_device():
         op(g, x.cpu(), mean, rstd, 2, None, None, None, None, True)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_second_gpu_tensors_are_refused():
     x = torch.randn(2, 8, 4, 4, device="cuda:0")
     with pytest.raises(RuntimeError, match="is on cuda:1 but x is on cuda:0"):
