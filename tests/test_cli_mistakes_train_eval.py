@@ -4,16 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastguide.cli import build_parser, main
+from fastguide.cli import build_parser
+from test_cli_mistakes import run
 
 
 def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.err, captured.out
+    """(exit status, stderr, stdout)."""
+    code, out, err = run(argv, capsys)
+    return code, err, out
 
 
 def assert_one_line_error(code, err, message):

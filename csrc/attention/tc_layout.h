@@ -11,11 +11,7 @@
 // turns either into the fragment the mma wants. Nothing is transposed in memory.
 #pragma once
 
-#if defined(__CUDACC__)
-#define FG_HD __host__ __device__ __forceinline__
-#else
-#define FG_HD inline
-#endif
+#include "common/hd.h"
 
 namespace fastguide::attention::tc {
 
