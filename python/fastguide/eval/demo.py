@@ -51,8 +51,7 @@ def add_arguments(p):
     g.add_argument("--interval-cfg-scales", type=float_list, default=[2, 4],
                    help="CFG scales to repeat with --guidance-interval")
     g.add_argument("--guidance-interval", type=float_list, default=list(INTERVAL),
-                   help="σ_lo,σ_hi of the interval rows (default: Kynkäänniemi et al.'s EDM2 "
-                        "interval)")
+                   help="σ_lo,σ_hi of the interval rows (Kynkäänniemi et al.'s EDM2 interval)")
     g.add_argument("--autoguidance-scales", type=float_list, default=[1, 2, 4],
                    help="autoguidance scales w")
 
