@@ -348,10 +348,13 @@ def main(args):
 def _saturation_warning(images, args):
     fraction = saturated_fraction(images)
     if fraction > SATURATION_WARNING:
+        scales = [f"{flag} {value:g}" for flag, value in
+                  (("--cfg-scale", args.cfg_scale), ("--classifier-scale", args.classifier_scale),
+                   ("--autoguidance-scale", getattr(args, "autoguidance_scale", None)))
+                  if value]
         warn(f"{100 * fraction:.0f}% of the pixel values are saturated (0 or 255): the "
-             f"guidance is probably too strong (--cfg-scale {args.cfg_scale:g}, "
-             f"--classifier-scale {args.classifier_scale}); try a smaller scale, "
-             "--dynamic-threshold 0.995 or --cfg-rescale 0.7")
+             f"guidance is probably too strong ({', '.join(scales) or 'no guidance scale'}); "
+             "try a smaller scale, --dynamic-threshold 0.995 or --cfg-rescale 0.7")
 
 
 SATURATION_WARNING = 0.75  # digits: 8% at w = 0, 77% at w = 30 unclipped, 97% at w = 200
