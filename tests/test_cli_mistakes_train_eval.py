@@ -1,5 +1,7 @@
 """User mistakes with `fastguide train` and `fastguide eval`: each ends with exit status 2 and one
 line, `fastguide: error: ...`, naming the option or file, before any work, never a traceback."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -232,10 +234,29 @@ def test_eval_mistakes(batches, capsys, monkeypatch, argv, message):
 
 # ---- help ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["train", "eval"])
-def test_every_option_has_help_and_a_shown_default(command):
+def _commands():
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return sorted(next(a for a in parser._actions if a.dest == "command").choices)
+
+
+def _shown(action):
+    """How a default reads in --help: lists comma-separated, on/off pairs as the flag."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return action.option_strings[0 if action.default else 1]
+    if isinstance(action.default, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in action.default)
+    return action.default
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_option_has_help_and_a_shown_default(command):
+    """Every subcommand (train, eval, sample, the editing commands, bench's own parser, ...)."""
+    if command == "bench":  # everything after 'bench' goes to the suite's parser
+        from fastguide.bench.command import build_parser as bench_parser
+        sub = bench_parser()
+    else:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     for action in sub._actions:
         if action.dest == "help":
             continue
@@ -247,4 +268,4 @@ def test_every_option_has_help_and_a_shown_default(command):
         if action.dest == "help" or action.default is None or action.default is False:
             continue
         if action.option_strings and "default" not in action.help:  # else the help says it
-            assert f"default: {action.default}" in flat, (command, action.option_strings)
+            assert f"default: {_shown(action)}" in flat, (command, action.option_strings)

@@ -23,12 +23,13 @@ class CLIError(Exception):
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks and appends '(default: X)' to every option that has
-    a default worth showing (not None, not a plain on/off switch)."""
+    a default worth showing (not None, not a plain on/off switch) and whose help does not
+    already say it."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or default in (None, argparse.SUPPRESS) or isinstance(
+        if ("default" in text or default in (None, argparse.SUPPRESS) or isinstance(
                 action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
                 or not action.option_strings):
             return text

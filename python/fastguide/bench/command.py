@@ -29,11 +29,16 @@ from .run import run_suite
 from .suites import SUITES
 from .timing import run_metadata
 
-__all__ = ["main", "run_command", "parse_args", "default_out"]
+__all__ = ["main", "run_command", "parse_args", "build_parser", "default_out"]
+
+EXAMPLES = """examples:
+  fastguide bench --suite cpu --out /tmp/bench_cpu.json
+  fastguide bench --suite gpu --sections forward --models imagenet256_cond --batches 1,32
+  fastguide bench --suite gpu --backends compile_bf16 --out results.json --merge"""
 
 
-def parse_args(argv=None):
-    p = Parser(prog="fastguide bench", description=__doc__)
+def build_parser():
+    p = Parser(prog="fastguide bench", description=__doc__, epilog=EXAMPLES)
     p.add_argument("--suite", choices=list(SUITES), default=None,
                    help="default: gpu on a CUDA device, cpu otherwise")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -54,7 +59,12 @@ def parse_args(argv=None):
     p.add_argument("--merge", action="store_true",
                    help="merge into the existing --out file: re-measured cells replace theirs, "
                    "the rest is kept (e.g. the compile cells from a second call)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print nothing while running (the JSON has every row)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     for option, given, known in (("--sections", args.sections, SECTIONS),
                                  ("--backends", args.backends, BACKENDS)):

@@ -4,24 +4,11 @@ every default and the subcommand's examples, and range checks that name the opti
 Checks run on the parsed arguments before any work starts and raise CLIError, which the
 `fastguide` command prints as one line, `fastguide: error: ...`, with exit status 2.
 """
-import argparse
 import math
 
-__all__ = ["HelpFormatter", "use_help_formatter", "check_range"]
+from ..cliutil import HelpFormatter
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults appended to every option's help, except where there is nothing to show (None,
-    a switch's False) or the help already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        nothing = action.default is None or action.default is False
-        if "default" in text or nothing or action.default == argparse.SUPPRESS:
-            return text
-        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
-            return text + " (default: %(default)s)"
-        return text
+__all__ = ["use_help_formatter", "check_range"]
 
 
 def use_help_formatter(parser, description, examples):
