@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime.h>
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -168,13 +169,16 @@ int64_t resident_ctas(Kernel kernel, int threads) {
   return int64_t(per_sm) * num_sms();
 }
 
-// The architecture of the machine code the device runs for `kernel` (90 for sm_90).
+// The architecture the device code of `kernel` was compiled for (90 for sm_90): the lower of the
+// machine code's and its PTX's. Machine code the driver JIT-compiles from older PTX (an
+// "8.0+PTX" build on an sm_90 device) reports binaryVersion 90 but was compiled with
+// __CUDA_ARCH__ 800; ptxVersion says so.
 template <typename Kernel>
 int binary_version(Kernel kernel) {
   return kernel_memo(kernel, -1, [&] {
     cudaFuncAttributes attr;
     C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-    return attr.binaryVersion;
+    return std::min(attr.binaryVersion, attr.ptxVersion);
   });
 }
 

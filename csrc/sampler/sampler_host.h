@@ -105,10 +105,12 @@ inline int pack_width(const Walk& w, const at::Tensor& x, const std::vector<at::
   return ok ? V : 1;
 }
 
-// Whether every offset the kernels form fits in 32 bits.
+// Whether every offset the kernels form fits in 32 bits. The grid-stride loop index also steps
+// past the last pack by up to one grid (resident CTAs x 256 threads, under 2^24 on any GPU), so
+// x's element count keeps that much room: else the step overflows and wraps to a negative index.
 inline bool fits_int32(const Walk& w, const at::Tensor& x, int64_t extra) {
   constexpr int64_t kMax = (int64_t(1) << 31) - 64;
-  bool ok = x.numel() < kMax;
+  bool ok = x.numel() < kMax - (int64_t(1) << 24);
   for (int k = 0; k < kMaxOperands; ++k) {
     int64_t m = extra;
     for (int d = 0; d < w.nd; ++d) m += (w.size[d] - 1) * w.st[k][d];
