@@ -14,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "attention/cuda_params.h"
 #include "attention/tc_config.h"
 #include "attention/tc_layout.h"
 
@@ -314,6 +315,11 @@ static void check_pair(bool tokens, int d, int La, int Lb, int seq0a, int seq0b)
 // and the head dim d padded below Dp when that is a multiple of 8.
 template <class ATile, class BTile, int kThreads>
 static void check_config(int dp) {
+  // for_each_chunk's int offset row * stride + col, for any stride the host lets through
+  // (< kMaxTcStride), fits 32 bits in every stored layout of both tiles.
+  for (int rows : {ATile::seq, ATile::dim, BTile::seq, BTile::dim})
+    CHECK(int64_t(rows - 1) * (fastguide::attention::kMaxTcStride - 1) + 256 <= INT32_MAX,
+          "a tile of %d stored rows overflows 32-bit offsets at stride kMaxTcStride - 1", rows);
   for (bool tokens : {true, false}) {
     for (int d : {dp, dp - 8, dp - 16}) {
       if (d < 8 || padded_dim(d) != dp) continue;

@@ -72,9 +72,22 @@ void check_cuda(const char* op, const Shape& s, const at::Tensor& qkv) {
   TORCH_CHECK(s.L <= (int64_t(1) << 30), op, ": sequence length ", s.L, " is too long for CUDA");
 }
 
+// The layout the tensor-core kernels use: channel-major only where qkv fits it in place.
+bool tc_tokens(const at::Tensor& qkv) { return fits(qkv, true) || !fits(qkv, false); }
+
 tc::Plan plan_for(const at::Tensor& qkv, const Shape& s) {
   const bool half = qkv.scalar_type() == at::kHalf || qkv.scalar_type() == at::kBFloat16;
-  return tc::make_plan(half, s.ch, s.L, s.N * s.H, device_limits(qkv.get_device()));
+  tc::Plan plan = tc::make_plan(half, s.ch, s.L, s.N * s.H, device_limits(qkv.get_device()));
+  // The copies and temporaries of forward_tc / backward_tc have the row stride of their layout:
+  // tokens-major up to 3C (qkv, dqkv), channel-major L. The kernels' 32-bit tile offsets need it
+  // below kMaxTcStride (fits() checks only the tensors used in place).
+  const int64_t copy_stride = tc_tokens(qkv) ? 3 * s.C : s.L;
+  if (plan.tc && copy_stride >= kMaxTcStride) {
+    plan.tc = false;
+    plan.why = "row stride " + std::to_string(copy_stride) + " >= " + std::to_string(kMaxTcStride) +
+               ": SIMT kernels";
+  }
+  return plan;
 }
 
 HeadGeo geo_of(const Shape& s) { return {s.C, s.ch, s.new_order}; }
@@ -97,7 +110,7 @@ void with_dp(int dp, F&& f) {
 template <typename T>
 void forward_tc(const at::Tensor& qkv, at::Tensor& out, at::Tensor& lse, const Shape& s,
                 const tc::Plan& plan, cudaStream_t stream) {
-  const bool tokens = fits(qkv, true) || !fits(qkv, false);
+  const bool tokens = tc_tokens(qkv);
   const at::Tensor x = readable(qkv, tokens);
   at::Tensor y = fits(out, tokens) ? out : empty_layout(out, s.C, tokens);
   const float scale = 1.f / std::sqrt(float(s.ch));
@@ -134,7 +147,7 @@ template <typename T>
 void backward_tc(const at::Tensor& grad_out, const at::Tensor& qkv, at::Tensor& grad,
                  const at::Tensor& lse, const at::Tensor& delta, const Shape& s, const tc::Plan& plan,
                  cudaStream_t stream) {
-  const bool tokens = fits(qkv, true) || !fits(qkv, false);
+  const bool tokens = tc_tokens(qkv);
   const at::Tensor x = readable(qkv, tokens), g = readable(grad_out, tokens);
   at::Tensor dx = fits(grad, tokens) ? grad : empty_layout(grad, 3 * s.C, tokens);
   const float scale = 1.f / std::sqrt(float(s.ch));
