@@ -1,6 +1,7 @@
 // SIMT attention kernels: float32 (where TF32 tensor cores would miss the fp32 tolerance), head
-// dims the tensor-core kernels do not take (not a multiple of 8, or 257..512), and devices below
-// sm_80. Any strides. A warp owns one query (forward, dQ) or one key (dK dV) row; lane i holds
+// dims the tensor-core kernels do not take (not a multiple of 8, or 257..512), and calls whose
+// copies would have row strides beyond the tensor-core kernels' 32-bit tile offsets. (The plan
+// also sends devices below sm_80 here, but the build targets sm_80 and up.) Any strides. A warp owns one query (forward, dQ) or one key (dK dV) row; lane i holds
 // channels i, i + 32, ... of it in R = ceil(d / 32) registers (rounded up to a power of two), so
 // the register file is sized to the real head dim. Logits are warp-shuffle dot products with an
 // online softmax (forward) or recomputed from the saved log-sum-exp (backward); K and V are read
