@@ -14,13 +14,12 @@
 #   models    python -m fastguide.bench --suite gpu with --time-budget = what is left
 # Stage budgets in seconds (hard timeouts, also capped by what is left of TOTAL_S=540):
 #   build 200, test 110, sanitize 90, bench 60, models the rest minus 15.
-# Logs and JSON go to $OUT (default benchmarks/results). Reference vectors: $FASTGUIDE_REFERENCE
-# (default .carry/reference, carried with the call).
+# Logs and JSON go to $OUT (default benchmarks/results). Reference vectors: tests/reference (in
+# the repository, so nothing needs carrying), or $FASTGUIDE_REFERENCE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-export FASTGUIDE_REFERENCE=${FASTGUIDE_REFERENCE:-$PWD/.carry/reference}
 export PYTHONUNBUFFERED=1
 export PY=${PYTHON:-python3}
 TOTAL_S=${TOTAL_S:-540}
