@@ -17,7 +17,7 @@ needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cm
 def configure(tmp_path, python, *defines):
     cmd = ["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DPython_EXECUTABLE={python}",
            *[f"-D{d}" for d in defines]]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # a hang guard
     r.stderr = " ".join(r.stderr.split())  # CMake wraps long messages
     return r
 

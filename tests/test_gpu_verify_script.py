@@ -46,7 +46,7 @@ def run(tmp_path, *stages, **env):
                 "PYTHON": str(bin_dir / "python"), "OUT": str(tmp_path / "out"),
                 "STUB_LOG": str(log), "TOTAL_S": "120", **env}
     r = subprocess.run(["bash", str(SCRIPT), *stages], env=full_env, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=900)  # a hang guard
     summary = r.stdout[r.stdout.index("== summary"):] if "== summary" in r.stdout else ""
     status = {line.split()[0]: line.split()[1] for line in summary.splitlines()[1:]}
     return r.returncode, status, log.read_text(), r.stdout + r.stderr
