@@ -70,43 +70,26 @@ def _number(text, kind):
     return value
 
 
+def _bounded(kind, ok, wanted):
+    """An argparse type: a finite number of `kind` for which ok(value) holds, else 'must be
+    <wanted>, got ...' (argparse adds the option's name)."""
+    def parse(text):
+        value = _number(text, kind)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+    return parse
+
+
 def finite_float(text):
     return _number(text, float)
 
 
-def positive_float(text):
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def unit_interval(text):
-    value = _number(text, float)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
-    return value
-
-
-def positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def nonnegative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
+positive_float = _bounded(float, lambda v: v > 0, "> 0")
+nonnegative_float = _bounded(float, lambda v: v >= 0, ">= 0")
+unit_interval = _bounded(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+positive_int = _bounded(int, lambda v: v >= 1, ">= 1")
+nonnegative_int = _bounded(int, lambda v: v >= 0, ">= 0")
 
 
 def float_list(text):
