@@ -89,6 +89,38 @@ def test_autoguidance_formula_and_nesting_with_cfg():
     torch.testing.assert_close(both, cfg(x, s, y=y) + 1.5 * (cfg(x, s, y=y) - weak))
 
 
+class Counting(Toy):
+    """Toy that records the batch size of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, s, y=None):
+        self.calls.append(x.shape[0])
+        return super().forward(x, s, y)
+
+
+def test_outside_the_interval_the_guidance_network_is_not_run():
+    """CFG runs the conditional half alone and autoguidance skips the weak model when every σ of
+    the batch is outside the interval, with the outputs the formulas give (w = 0)."""
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    y = torch.tensor([1, 4])
+    scale = GuidanceScale(2.0, interval=(4.0, 6.0))
+    for s, guided in ((torch.tensor([1.0, 9.0]), False), (torch.tensor([1.0, 5.0]), True)):
+        net = Counting()
+        out = ClassifierFreeGuidance(net, scale, null_label=10)(x, s, y=y)
+        assert net.calls == ([4] if guided else [2])
+        if not guided:
+            torch.testing.assert_close(out, Toy()(x, s, y))
+        strong, weak = Counting(), Counting()
+        out = AutoGuidance(strong, weak, scale)(x, s, y=y)
+        assert strong.calls == [2] and weak.calls == ([2] if guided else [])
+        if not guided:
+            torch.testing.assert_close(out, Toy()(x, s, y))
+    assert not scale.off(2.0) and not GuidanceScale(2.0).off(torch.zeros(2))
+
+
 def test_dynamic_threshold_against_imagen():
     x0 = torch.tensor([[0.5, -0.2, 0.9, 0.1], [3.0, -2.0, 1.5, 0.0]]).reshape(2, 1, 2, 2)
     out = DynamicThreshold(0.75)(x0)
@@ -157,6 +189,19 @@ def _run(pipe, sampler, **options):
     steps = 2 if sampler not in ("ddpm", "ddim") else 3
     return pipe(seeds=[0, 7], sampler=sampler, steps=steps, progress=False,
                 **{**NONE, **options}).images
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "heun"])
+def test_outside_the_interval_the_classifier_is_not_run(pipe, sampler):
+    calls = []
+    hook = pipe.classifier.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        _run(pipe, sampler, classifier_scale=3.0, guidance_interval=(1e9, 2e9))
+        assert calls == []
+        _run(pipe, sampler, classifier_scale=3.0, guidance_interval=(0.0, float("inf")))
+        assert calls
+    finally:
+        hook.remove()
 
 
 def assert_same_images(a, b, what):

@@ -13,6 +13,7 @@ Guidance is built as wrappers, so every kind composes with every other and with 
 A guidance schedule w(σ) and the guidance interval scale CFG, autoguidance and classifier
 guidance alike.
 """
+import functools
 import math
 
 import torch
@@ -353,15 +354,20 @@ class GuidedSampler:
             return self._discrete(rng, shape, kwargs, device, on_step)
         return self._sigma_sample(rng, shape, kwargs, device, on_step)
 
-    def _classifier_grad(self, x, t_or_sigma, y, sigma):
-        grad = classifier_log_prob_grad(self.classifier, x, t_or_sigma, y)
-        w = self.classifier_guidance(sigma).to(x.dtype)
-        return w.reshape(-1, *([1] * (x.dim() - 1))) * grad
+    def _classifier_grad(self, grad_fn, x, t_or_sigma, y, sigma):
+        """w(σ)·grad_fn(x, t_or_sigma, y), the classifier not run where w is zero for the whole
+        batch (outside the guidance interval)."""
+        w = self.classifier_guidance(sigma)
+        if self.classifier_guidance.off(w):
+            return torch.zeros_like(x)
+        return w.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * grad_fn(x, t_or_sigma, y)
 
     def _discrete_cond_fn(self):
         fns = []
         if self.classifier_guidance.scale:
-            fns.append(lambda x, t, y=None, **kw: self._classifier_grad(x, t, y, self.sigma_of(t)))
+            grad = functools.partial(classifier_log_prob_grad, self.classifier)
+            fns.append(lambda x, t, y=None, **kw: self._classifier_grad(grad, x, t, y,
+                                                                          self.sigma_of(t)))
         if self.x0_guidance is not None and self.x0_scale:
             fns.append(x0_cond_fn(self.x0_guidance, ADMDenoiser(self.net, self.process,
                                                                 self.model.learn_sigma),
@@ -392,11 +398,8 @@ class GuidedSampler:
             denoiser = ThresholdedDenoiser(denoiser, static_clip)
         if self.classifier_guidance.scale:
             grad = ADMClassifierGrad(self.classifier, adm)
-
-            def grad_fn(x, sigma, y):
-                w = self.classifier_guidance(sigma).to(x.dtype)
-                return w.reshape(-1, *([1] * (x.dim() - 1))) * grad(x, sigma, y)
-            denoiser = ClassifierGuidedDenoiser(denoiser, grad_fn, 1.0)
+            denoiser = ClassifierGuidedDenoiser(
+                denoiser, lambda x, sigma, y: self._classifier_grad(grad, x, sigma, y, sigma), 1.0)
         if self.x0_guidance is not None and self.x0_scale:
             denoiser = X0Guidance(denoiser, self.x0_guidance, self.x0_scale, self.x0_through)
         return denoiser

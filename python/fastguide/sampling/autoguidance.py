@@ -32,15 +32,14 @@ class AutoGuidance(torch.nn.Module):
 
     def forward(self, x, s, **kwargs):
         strong = self.model(x, s, **kwargs)
-        if self.scale.is_constant and self.scale.scale == 0:
-            return strong
+        w = self.scale.scale
+        if not self.scale.is_constant:
+            sb = torch.as_tensor(s, device=x.device).reshape(-1).expand(x.shape[0])
+            w = self.scale(self.sigma_of(sb) if self.sigma_of is not None else sb)
+        if (self.scale.is_constant and w == 0) or self.scale.off(w):
+            return strong  # no guidance here: the weak model is not run
         weak = self.weak_model(x, s, **kwargs)
         if weak.shape[:1] != strong.shape[:1] or weak.shape[2:] != strong.shape[2:]:
             raise ValueError(f"the weak model's output has shape {list(weak.shape)}, the model's "
                              f"{list(strong.shape)}")
-        b = x.shape[0]
-        w = self.scale.scale
-        if not self.scale.is_constant:
-            s = torch.as_tensor(s, device=x.device).reshape(-1).expand(b)
-            w = self.scale(self.sigma_of(s) if self.sigma_of is not None else s)
         return guided_combine(strong, weak, w, x.shape[1])

@@ -97,10 +97,14 @@ class ClassifierFreeGuidance(torch.nn.Module):
         return self.scale(sigma)
 
     def forward(self, x, s, **cond_kwargs):
-        out = self.forward_raw(x, s, **cond_kwargs)
         b, c = x.shape[:2]
+        w = self.weight(s, b, x.device)
+        if self.scale.off(w):  # outside the guidance interval: the conditional model alone
+            return self.model(x, torch.as_tensor(s, device=x.device).reshape(-1).expand(b),
+                              **cond_kwargs)
+        out = self.forward_raw(x, s, **cond_kwargs)
         cond, uncond = out[:b], out[b:]
-        guided = guided_combine(cond, uncond, self.weight(s, b, x.device), c)
+        guided = guided_combine(cond, uncond, w, c)
         if self.rescale:
             guided[:, :c] = rescale_guided(guided[:, :c], cond[:, :c], self.rescale)
         return guided

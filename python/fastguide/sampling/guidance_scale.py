@@ -112,6 +112,12 @@ class GuidanceScale:
             w = torch.where((sigma >= lo) & (sigma <= hi), w, torch.zeros_like(w))
         return w
 
+    def off(self, w):
+        """True when w (this scale's value for a batch) is zero for every image because σ is
+        outside the interval: the caller skips the network call the guidance term needs. Reads
+        w on the host (one [B] copy a step), and only when an interval is set."""
+        return self.interval is not None and torch.is_tensor(w) and not bool(w.any())
+
     def __repr__(self):
         return (f"GuidanceScale({self.scale:g}, schedule={self.schedule!r}, "
                 f"interval={self.interval})")
